@@ -1,0 +1,31 @@
+# The two commands a new user needs (see README): `make lab` and `make test`.
+# Both create and reuse a local virtual environment in .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.seedx-installed
+
+.PHONY: lab test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch is pinned first so that no CUDA build is pulled in on a CPU machine
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[lab,test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c 'import seedx_lab, torch, transformers, diffusers, nbval, jupytext, jupyterlab, hypothesis'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# extra options for JupyterLab, e.g. `make lab LAB_ARGS="--no-browser --port 8899"`
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.allow_root=True $(LAB_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+clean-venv:
+	rm -rf $(VENV)
