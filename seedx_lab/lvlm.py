@@ -1,0 +1,448 @@
+"""ContinuousLVLM: a LLaMA language model that reads and writes images as 64-token blocks.
+
+Reading (comprehension). Each image view's 256 ViT features go through the *input resampler*
+(256 -> 64 queries, ViT width -> LLM width), get the tile-position embedding
+``([x, y, 1-x, 1-y] / 2) @ patch_pos_embed`` and are written over the token embeddings of that
+view's ``<img_00000>…<img_00063>`` positions (``ids_cmp_mask``).
+
+Writing (generation). The 64 image tokens of an image to be generated keep their own token
+embeddings: they are the LLM's learnable queries. The last-layer hidden states at those 64
+positions (``ids_gen_mask``) go through the *output resampler* (LLM width -> ViT width, 64 -> 64)
+and are regressed onto the target image's 256 ViT features pooled to 64 — as published, by 1-D
+average pooling over runs of 4 consecutive tokens in raster order (``target_pool="1d"``);
+``"2d"`` pools 2x2 spatial cells instead, for the lesson that compares the two.
+
+Losses: ``lm_loss`` is next-token cross-entropy on the labels (text and the ``<img>`` of every
+generated block; image-token positions carry no label, see :func:`make_labels`);
+``rec_loss`` is MSE (``mse=True``, published) or cosine; ``total = lm_loss_scale * lm_loss +
+rec_loss_scale * rec_loss``.
+
+:meth:`ContinuousLVLM.generate` is an explicit decoding loop over a KV cache that calls the
+logits processor(s) at every step and keeps the last-layer hidden state of every new position.
+Unlike the published ``generate`` (which passes temperature/top_p but hard-codes greedy
+decoding) sampling is a real option here (``do_sample=True``). With ``fast_forced_block=True``
+a forced block is appended in one forward pass instead of 65 steps (see :meth:`generate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .resampler import Resampler, ResamplerConfig
+from .tokens import ImageBlock, ImageTokenIds, find_image_blocks
+
+
+@dataclass
+class LLMConfig:
+    """LLaMA widths. ``tiny()`` is seedx-tiny; ``published()`` is the LLaMA-2-13B layout SEED-X widens."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 5120
+    intermediate_size: int = 13824
+    num_hidden_layers: int = 40
+    num_attention_heads: int = 40
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    @classmethod
+    def published(cls, vocab_size: int = 32330) -> "LLMConfig":
+        return cls(vocab_size=vocab_size)
+
+    @classmethod
+    def tiny(cls, vocab_size: int) -> "LLMConfig":
+        return cls(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                   num_attention_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-6)
+
+    def to_llama(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                           intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+                           num_attention_heads=self.num_attention_heads,
+                           num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
+                           max_position_embeddings=self.max_position_embeddings, rms_norm_eps=self.rms_norm_eps,
+                           rope_theta=self.rope_theta, tie_word_embeddings=False,
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def build_llm(config: LLMConfig, device=None, dtype=None):
+    """A randomly initialised ``LlamaForCausalLM`` (``device="meta"`` allocates nothing)."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device(device or "cpu"):
+        llm = LlamaForCausalLM(config.to_llama())
+    return llm.to(dtype=dtype) if dtype is not None else llm
+
+
+def pool_targets(features: torch.Tensor, mode: str = "1d", n_out: int = 64) -> torch.Tensor:
+    """Pool ViT features ``[N, 256, D]`` to the regression target ``[N, n_out, D]``.
+
+    ``"1d"`` (published): average of each run of ``256 / n_out`` consecutive tokens in raster order —
+    for a 16x16 grid and 64 outputs that mixes 4 horizontally adjacent cells (a 1x4 strip).
+    ``"2d"``: average of square ``k x k`` cells of the grid (2x2 for 256 -> 64).
+    """
+    if features.dim() != 3:
+        raise ValueError(f"target features must be [N, tokens, dim], got shape {tuple(features.shape)}")
+    n, t, d = features.shape
+    if t % n_out:
+        raise ValueError(f"cannot pool {t} tokens to {n_out}: not a multiple")
+    if mode == "1d":
+        return F.avg_pool1d(features.transpose(1, 2), kernel_size=t // n_out).transpose(1, 2)
+    if mode == "2d":
+        side, out_side = int(round(t ** 0.5)), int(round(n_out ** 0.5))
+        if side * side != t or out_side * out_side != n_out or side % out_side:
+            raise ValueError(f"2-D pooling needs square grids, got {t} -> {n_out} tokens")
+        grid = features.transpose(1, 2).reshape(n, d, side, side)
+        return F.avg_pool2d(grid, side // out_side).reshape(n, d, n_out).transpose(1, 2)
+    raise ValueError(f"target_pool must be '1d' or '2d', got {mode!r}")
+
+
+def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cos(rec_i, target_i)`` over tokens."""
+    return (1 - F.cosine_similarity(rec, target, dim=-1)).mean()
+
+
+def make_labels(input_ids: torch.Tensor, token_ids: ImageTokenIds, gen_blocks: list[list[bool]] | None = None,
+                pad_id: int | None = None, mask_before: torch.Tensor | None = None) -> torch.Tensor:
+    """LM labels ``[B, T]`` for SEED-X training (-100 = no label).
+
+    Every text token is labelled. Inside an image block nothing is labelled (image tokens, closer)
+    except the ``<img>`` opener of a block that is *generated* (``gen_blocks[b][k]`` is True for the
+    k-th ``<img>``/``<patch>`` block of row b) — that is how the model learns to predict ``<img>``.
+    ``mask_before[b]``: positions before it (e.g. a question) get no label.
+    """
+    labels = input_ids.clone()
+    for b in range(input_ids.shape[0]):
+        blocks = find_image_blocks(input_ids[b], token_ids)
+        flags = gen_blocks[b] if gen_blocks is not None else [False] * len(blocks)
+        if len(flags) != len(blocks):
+            raise ValueError(f"row {b}: {len(blocks)} image blocks but {len(flags)} gen flags")
+        for blk, is_gen in zip(blocks, flags):
+            labels[b, blk.start + (1 if is_gen else 0): blk.end] = -100
+        if mask_before is not None:
+            labels[b, : int(mask_before[b])] = -100
+    if pad_id is not None:
+        labels[input_ids == pad_id] = -100
+    return labels
+
+
+def block_masks(input_ids: torch.Tensor, token_ids: ImageTokenIds, gen_blocks: list[list[bool]]):
+    """Boolean ``ids_cmp_mask`` and ``ids_gen_mask`` ``[B, T]`` at the image-token positions of
+    comprehension and generated blocks (flags per block as in :func:`make_labels`)."""
+    cmp = torch.zeros_like(input_ids, dtype=torch.bool)
+    gen = torch.zeros_like(input_ids, dtype=torch.bool)
+    for b in range(input_ids.shape[0]):
+        blocks = find_image_blocks(input_ids[b], token_ids)
+        if len(blocks) != len(gen_blocks[b]):
+            raise ValueError(f"row {b}: {len(blocks)} image blocks but {len(gen_blocks[b])} gen flags")
+        for blk, is_gen in zip(blocks, gen_blocks[b]):
+            if not blk.complete:
+                raise ValueError(f"row {b}: image block at position {blk.start} is incomplete")
+            (gen if is_gen else cmp)[b, blk.token_start: blk.token_start + blk.n_tokens] = True
+    return cmp, gen
+
+
+@dataclass
+class GeneratedImage:
+    """One image block completed during generation.
+
+    ``hidden``: last-layer hidden states at its 64 image-token positions ``[64, llm_dim]``;
+    ``features``: their output-resampled features ``[64, vit_dim]`` (what the de-tokenizer reads).
+    """
+
+    row: int
+    block: ImageBlock            # in coordinates of the full sequence (prompt + new tokens)
+    hidden: torch.Tensor
+    features: torch.Tensor
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor                  # [B, T_prompt + n_new] (finished rows padded)
+    prompt_length: int
+    hidden: torch.Tensor                     # [B, n_fed, llm_dim] last-layer state at each new position fed
+    images: list[list[GeneratedImage]]
+    incomplete_blocks: list[list[ImageBlock]] = field(default_factory=list)   # cut by max_new_tokens
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length:]
+
+
+class ContinuousLVLM(nn.Module):
+    """LLM + input resampler + output resampler (+ the tile-position matrix ``patch_pos_embed``)."""
+
+    def __init__(self, llm, input_resampler: Resampler, output_resampler: Resampler, token_ids: ImageTokenIds,
+                 lm_loss_scale: float = 1.0, rec_loss_scale: float = 6.0, add_patch_pos: bool = True,
+                 vit_down: bool = True, mse: bool = True, target_pool: str = "1d", device=None, dtype=None):
+        super().__init__()
+        self.llm = llm
+        self.input_resampler = input_resampler
+        self.output_resampler = output_resampler
+        self.token_ids = token_ids
+        self.lm_loss_scale, self.rec_loss_scale = lm_loss_scale, rec_loss_scale
+        self.add_patch_pos, self.vit_down, self.mse = add_patch_pos, vit_down, mse
+        if target_pool not in ("1d", "2d"):
+            raise ValueError(f"target_pool must be '1d' or '2d', got {target_pool!r}")
+        self.target_pool = target_pool
+        dim = input_resampler.config.embed_dim
+        if add_patch_pos:
+            self.patch_pos_embed = nn.Parameter(torch.randn(4, dim, device=device, dtype=dtype) * dim ** -0.5)
+
+    @property
+    def num_img_tokens(self) -> int:
+        return self.input_resampler.config.num_queries
+
+    # ------------------------------------------------------------------ embeddings
+
+    def image_embeddings(self, image_features: torch.Tensor, patch_positions: torch.Tensor | None = None):
+        """ViT features ``[N, 256, vit_dim]`` (+ positions ``[N, 2]``) -> LLM inputs ``[N, 64, llm_dim]``."""
+        x = self.input_resampler(image_features)
+        if self.add_patch_pos and patch_positions is not None:
+            if patch_positions.shape != (x.shape[0], 2):
+                raise ValueError(f"patch_positions must be [{x.shape[0]}, 2], got {tuple(patch_positions.shape)}")
+            p = patch_positions.to(x)
+            x = x + (torch.cat([p, 1 - p], dim=-1) / 2 @ self.patch_pos_embed).unsqueeze(1)
+        return x
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None,
+              ids_cmp_mask: torch.Tensor | None = None, patch_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings ``[B, T, D]`` with comprehension image embeddings written in at ``ids_cmp_mask``."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if image_features is None:
+            return embeds
+        if ids_cmp_mask is None:
+            raise ValueError("image_features were given without ids_cmp_mask (where to write them)")
+        img = self.image_embeddings(image_features, patch_positions)           # [N, 64, D]
+        n_slots = int(ids_cmp_mask.sum())
+        if n_slots != img.shape[0] * img.shape[1]:
+            raise ValueError(f"ids_cmp_mask marks {n_slots} positions but {img.shape[0]} views x "
+                             f"{img.shape[1]} tokens = {img.shape[0] * img.shape[1]} embeddings were given")
+        embeds = embeds.clone()
+        embeds[ids_cmp_mask] = img.reshape(-1, img.shape[-1]).to(embeds.dtype)
+        return embeds
+
+    # ------------------------------------------------------------------ training forward
+
+    def forward(self, input_ids, attention_mask=None, labels=None, image_features=None, ids_cmp_mask=None,
+                patch_positions=None, target_features=None, ids_gen_mask=None, output_hidden_states=False):
+        """Losses of one batch. ``target_features [N_gen, 256, vit_dim]`` are the ViT features of the images
+        to generate, in the order of the generated blocks (row-major); ``ids_gen_mask`` marks their tokens.
+
+        Returns a dict: ``loss`` (total), ``lm_loss``, ``rec_loss``, ``logits``, and ``hidden_states``
+        (all layers) when asked; ``rec`` and ``target`` ``[N_gen, 64, vit_dim]`` when there are targets.
+        """
+        embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        logits = out.logits
+        result = {"logits": logits}
+        if labels is not None:
+            lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                      labels[:, 1:].reshape(-1), ignore_index=-100)
+        else:
+            lm_loss = logits.new_zeros(())
+        rec_loss = logits.new_zeros(())
+        if target_features is not None and target_features.shape[0] > 0:
+            if ids_gen_mask is None:
+                raise ValueError("target_features were given without ids_gen_mask")
+            last = out.hidden_states[-1]
+            n = target_features.shape[0]
+            if int(ids_gen_mask.sum()) != n * self.num_img_tokens:
+                raise ValueError(f"ids_gen_mask marks {int(ids_gen_mask.sum())} positions, expected "
+                                 f"{n} images x {self.num_img_tokens} tokens")
+            gen_hidden = last[ids_gen_mask].view(n, self.num_img_tokens, -1)      # [N, 64, D]
+            rec = self.output_resampler(gen_hidden)                                # [N, 64, vit_dim]
+            target = target_features
+            if self.vit_down:
+                target = pool_targets(target_features, self.target_pool, self.num_img_tokens)
+            target = target.detach().to(rec.dtype)
+            rec_loss = F.mse_loss(rec, target) if self.mse else cosine_loss(rec, target)
+            result.update(rec=rec, target=target)
+        result.update(loss=self.lm_loss_scale * lm_loss + self.rec_loss_scale * rec_loss,
+                      lm_loss=lm_loss, rec_loss=rec_loss)
+        if output_hidden_states:
+            result["hidden_states"] = out.hidden_states
+        return result
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 image_features=None, ids_cmp_mask=None, patch_positions=None, max_new_tokens: int = 120,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, logits_processor=None, processor_mode: str = "faithful",
+                 eos_token_id: int | None = None, pad_token_id: int = 0,
+                 fast_forced_block: bool = True, max_blocks: int | None = None) -> GenerateOutput:
+        """Decode up to ``max_new_tokens`` tokens for each row of a (left-padded) batch.
+
+        ``logits_processor``: a list of processors, or None for one
+        ``AutoImageTokenGenerationProcessor(mode=processor_mode)``. ``do_sample=False`` is greedy
+        (published behaviour); ``do_sample=True`` samples with ``temperature`` and ``top_p``.
+
+        ``fast_forced_block``: when a row has just produced ``<img>`` (or its prompt ends in it), the
+        whole block ``<img_00000>…<img_00063></img>`` is known in advance, so it is fed in one forward
+        pass over the KV cache instead of 65 decoding steps.
+        ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it. Rows that are not in a block feed their one
+        token in the same pass, padded and masked. The processor is not consulted for the forced
+        tokens on this path (its decisions are only recorded on the step-by-step path).
+        """
+        from .generation import AutoImageTokenGenerationProcessor
+
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        device = input_ids.device
+        mask = attention_mask.to(device=device, dtype=torch.long) if attention_mask is not None \
+            else torch.ones_like(input_ids)
+        if logits_processor is None:
+            logits_processor = [AutoImageTokenGenerationProcessor(token_ids=self.token_ids,
+                                                                  num_img_gen_tokens=self.num_img_tokens,
+                                                                  mode=processor_mode, max_length=T + max_new_tokens)]
+        else:
+            for p in logits_processor:
+                if getattr(p, "max_length", "absent") is None:
+                    p.max_length = T + max_new_tokens
+        block = self.token_ids.generation_block()                                  # 64 img ids + </img>
+        forced_ok = fast_forced_block and (not do_sample or processor_mode == "strict")
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, output_hidden_states=True)
+        logits = out.logits[:, -1].float()                                          # [B, V]
+        next_pos = positions[:, -1] + 1                                             # [B]
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        seq = input_ids
+        fed_hidden: list[torch.Tensor] = []                                         # [B, L, D] per chunk
+        fed_valid: list[torch.Tensor] = []                                          # [B, L] bool per chunk
+        count = [0] * B                                                             # new tokens per row
+        done = [False] * B
+        # a prompt that already ends in <img> gets its forced block at once
+        pending = [list(block) if forced_ok and int(input_ids[b, -1]) == self.token_ids.boi else [] for b in range(B)]
+        rows = [r.tolist() for r in input_ids]                                       # real tokens per row
+        n_prompt_boi = [r.count(self.token_ids.boi) for r in rows]
+        ragged = False                                                              # seq holds padding slots
+        while not all(done):
+            view = seq if not ragged else _left_pad(rows, pad_token_id, device)     # what processors read
+            if max_blocks is not None:
+                capped = torch.tensor([r.count(self.token_ids.boi) - n_prompt_boi[b] >= max_blocks
+                                       for b, r in enumerate(rows)], device=device)
+                logits[capped, self.token_ids.boi] = float("-inf")
+            sampled = self._pick(logits, view, logits_processor, do_sample, temperature, top_p, generator).tolist()
+            chunk: list[list[int]] = []
+            for b in range(B):
+                if done[b]:
+                    c = []
+                elif pending[b]:
+                    c = pending[b]
+                elif forced_ok and sampled[b] == self.token_ids.boi:
+                    c = [sampled[b]] + list(block)
+                else:
+                    c = [sampled[b]]
+                c = c[: max_new_tokens - count[b]]                                  # never past the budget
+                chunk.append(c)
+            pending = [[] for _ in range(B)]
+            L = max(len(c) for c in chunk)
+            ids = torch.full((B, L), pad_token_id, dtype=torch.long, device=device)
+            valid = torch.zeros((B, L), dtype=torch.bool, device=device)
+            for b, c in enumerate(chunk):
+                if c:
+                    ids[b, : len(c)] = torch.tensor(c, device=device)
+                    valid[b, : len(c)] = True
+            pos = next_pos[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
+            mask = torch.cat([mask, valid.long()], dim=1)
+            out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(ids), attention_mask=mask, position_ids=pos,
+                           past_key_values=cache, use_cache=True, output_hidden_states=True)
+            last_idx = torch.tensor([max(len(c) - 1, 0) for c in chunk], device=device)
+            logits = out.logits[torch.arange(B, device=device), last_idx].float()
+            next_pos = next_pos + valid.long().sum(-1)
+            fed_hidden.append(out.hidden_states[-1])
+            fed_valid.append(valid)
+            seq = torch.cat([seq, ids], dim=1)
+            ragged = ragged or any(len(c) != L for c in chunk)
+            for b, c in enumerate(chunk):
+                rows[b].extend(c)
+                count[b] += len(c)
+                if count[b] >= max_new_tokens or (eos_token_id is not None and eos_token_id in c):
+                    done[b] = True
+        return self._collect(seq, T, fed_hidden, fed_valid, pad_token_id)
+
+    def _pick(self, logits, seq, processors, do_sample, temperature, top_p, generator):
+        scores = logits
+        for p in processors:
+            scores = p(seq, scores)
+        if not do_sample:
+            return scores.argmax(-1)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        scores = scores / temperature
+        if top_p < 1.0:
+            sorted_scores, idx = scores.sort(dim=-1, descending=True)
+            cum = sorted_scores.softmax(-1).cumsum(-1)
+            drop = cum - sorted_scores.softmax(-1) > top_p                         # keep the smallest nucleus
+            sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+            scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
+        probs = scores.softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _collect(self, seq, T, fed_hidden, fed_valid, pad_token_id) -> GenerateOutput:
+        B = seq.shape[0]
+        dim = self.llm.config.hidden_size
+        if fed_hidden:
+            hid, val = torch.cat(fed_hidden, 1), torch.cat(fed_valid, 1)
+        else:
+            hid = seq.new_zeros((B, 0, dim), dtype=torch.float)
+            val = torch.zeros((B, 0), dtype=torch.bool, device=seq.device)
+        # compact each row: drop padding slots, keep the order of real tokens
+        rows_ids, rows_hid = [], []
+        for b in range(B):
+            keep = val[b]
+            rows_ids.append(seq[b, T:][keep])
+            rows_hid.append(hid[b][keep])
+        n = max((len(r) for r in rows_ids), default=0)
+        new = torch.full((B, n), pad_token_id, dtype=seq.dtype, device=seq.device)
+        hidden = hid.new_zeros((B, n, dim))
+        for b in range(B):
+            new[b, : len(rows_ids[b])] = rows_ids[b]
+            hidden[b, : len(rows_hid[b])] = rows_hid[b]
+        sequences = torch.cat([seq[:, :T], new], dim=1)
+        images, cut = [], []
+        for b in range(B):
+            row_imgs, row_cut = [], []
+            for blk in find_image_blocks(sequences[b, : T + len(rows_ids[b])], self.token_ids):
+                if blk.kind != "img" or blk.end <= T:
+                    continue                       # comprehension blocks of the prompt
+                if blk.complete and blk.n_tokens == self.num_img_tokens:
+                    h = hidden[b, blk.token_start - T: blk.token_start - T + blk.n_tokens]
+                    if h.shape[0] == blk.n_tokens:
+                        feats = self.output_resampler(h[None].to(self.output_resampler.query.dtype))[0]
+                        row_imgs.append(GeneratedImage(b, blk, h, feats))
+                        continue
+                row_cut.append(blk)
+            images.append(row_imgs)
+            cut.append(row_cut)
+        return GenerateOutput(sequences, T, hidden, images, cut)
+
+
+def _left_pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:
+    n = max(len(r) for r in rows)
+    return torch.tensor([[pad] * (n - len(r)) + r for r in rows], dtype=torch.long, device=device)
+
+
+def build_lvlm(llm_config: LLMConfig, vit_dim: int, token_ids: ImageTokenIds, resampler_heads: int | None = None,
+               device=None, dtype=None, **kwargs) -> ContinuousLVLM:
+    """Assemble a randomly initialised ContinuousLVLM for an LLM config and a ViT output width."""
+    d = llm_config.hidden_size
+    heads = resampler_heads or max(1, d // 128)
+    rin = Resampler(ResamplerConfig(grid_size=8, embed_dim=d, num_heads=heads, kv_dim=vit_dim), device=device, dtype=dtype)
+    rout = Resampler(ResamplerConfig(grid_size=8, embed_dim=vit_dim, num_heads=heads, kv_dim=d), device=device, dtype=dtype)
+    return ContinuousLVLM(build_llm(llm_config, device, dtype), rin, rout, token_ids, device=device, dtype=dtype, **kwargs)
