@@ -190,6 +190,8 @@ class ContinuousLVLM(nn.Module):
         if target_pool not in ("1d", "2d"):
             raise ValueError(f"target_pool must be '1d' or '2d', got {target_pool!r}")
         self.target_pool = target_pool
+        # told about every generate call (an active seedx_lab.trace registers here); see generate
+        self.generation_observers: list = []
         dim = input_resampler.config.embed_dim
         if add_patch_pos:
             self.patch_pos_embed = nn.Parameter(torch.randn(4, dim, device=device, dtype=dtype) * dim ** -0.5)
@@ -290,6 +292,11 @@ class ContinuousLVLM(nn.Module):
         ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it. Rows that are not in a block feed their one
         token in the same pass, padded and masked. The processor is not consulted for the forced
         tokens on this path (its decisions are only recorded on the step-by-step path).
+
+        Observers in ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace` that captures
+        ``processor.decisions``) get ``on_generate(processors)`` before decoding starts; one whose
+        ``step_by_step`` is True turns ``fast_forced_block`` off, so every forced token passes through
+        the processors.
         """
         from .generation import AutoImageTokenGenerationProcessor
 
@@ -307,6 +314,11 @@ class ContinuousLVLM(nn.Module):
             for p in logits_processor:
                 if getattr(p, "max_length", "absent") is None:
                     p.max_length = T + max_new_tokens
+        observers = list(getattr(self, "generation_observers", ()))
+        for obs in observers:
+            obs.on_generate(logits_processor)
+        if any(getattr(obs, "step_by_step", False) for obs in observers):
+            fast_forced_block = False
         block = self.token_ids.generation_block()                                  # 64 img ids + </img>
         forced_ok = fast_forced_block and (not do_sample or processor_mode == "strict")
 
