@@ -1,0 +1,315 @@
+"""SeedX: the whole pipeline in one object — tokenizer, ViT, ContinuousLVLM, de-tokenizer.
+
+``seedx_lab.load("seedx-tiny")`` returns a :class:`SeedX` built from ``data/seedx-tiny``
+(``config.json``, ``model.safetensors``, the tokenizer files). Its methods run the pipeline:
+
+* :meth:`SeedX.generate_image` — caption → ``{caption}<img>`` → 64 forced tokens → output resampler
+  → de-tokenizer → image;
+* :meth:`SeedX.describe` — image → any-res tiles → ViT → input resampler → LLM → text;
+* :meth:`SeedX.generate` — interleaved text and images, images starting wherever the model itself
+  predicts ``<img>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import tokens as T
+from .anyres import tile_image, to_pil_rgb
+from .detokenizer import Detokenizer, DetokenizerConfig
+from .lvlm import ContinuousLVLM, GenerateOutput, LLMConfig, block_masks, build_lvlm
+from .vit import ViTConfig, VisionTransformer
+
+DATA_DIR = Path(os.environ.get("SEEDX_LAB_DATA", Path(__file__).resolve().parent.parent / "data"))
+DESCRIBE_QUESTION = "describe the image ."
+
+
+@dataclass
+class SeedXConfig:
+    """Widths of every stage plus the few numbers that tie them together."""
+
+    vit: ViTConfig
+    llm: LLMConfig
+    detok: DetokenizerConfig
+    tile_size: int = 64                  # any-res base resolution (448 published)
+    resampler_heads: int = 4
+    add_patch_pos: bool = True
+    target_pool: str = "1d"
+    lm_loss_scale: float = 1.0
+    rec_loss_scale: float = 6.0
+    num_inference_steps: int = 25
+    guidance_scale: float = 1.0
+
+    @classmethod
+    def tiny(cls, vocab_size: int) -> "SeedXConfig":
+        vit = ViTConfig.tiny()
+        return cls(vit=vit, llm=LLMConfig.tiny(vocab_size), detok=DetokenizerConfig.tiny(vit.output_dim))
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("vit", "llm", "detok")}
+        d.update(vit=asdict(self.vit), llm=asdict(self.llm), detok=self.detok.to_dict())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SeedXConfig":
+        d = dict(d)
+        try:
+            vit, llm, detok = ViTConfig(**d.pop("vit")), LLMConfig(**d.pop("llm")), DetokenizerConfig.from_dict(d.pop("detok"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"config is missing or has an unknown field: {e}") from None
+        return cls(vit=vit, llm=llm, detok=detok, **d)
+
+
+@dataclass
+class ImageResult:
+    """What :meth:`SeedX.generate_image` returns."""
+
+    image: object                       # PIL.Image
+    prompt: str
+    output: GenerateOutput              # the LLM's generation (tokens, hidden states, blocks)
+    features: torch.Tensor              # [64, vit_dim] output-resampled features fed to the de-tokenizer
+
+
+@dataclass
+class InterleavedResult:
+    """What :meth:`SeedX.generate` returns: ``text`` (with ``<img>`` marks), ``images`` in order,
+    and ``segments`` alternating str and PIL images as they appeared."""
+
+    text: str
+    images: list
+    segments: list
+    output: GenerateOutput
+
+
+class SeedX(nn.Module):
+    def __init__(self, config: SeedXConfig, tokenizer, device=None, dtype=None, *,
+                 vit: VisionTransformer | None = None, lvlm: ContinuousLVLM | None = None,
+                 detok: Detokenizer | None = None):
+        """Build every stage from ``config``, or adopt stages already built (``vit``, ``lvlm``, ``detok``;
+        e.g. published weights loaded by :mod:`seedx_lab.checkpoints`), which are used as they are."""
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.token_ids = T.ImageTokenIds.from_tokenizer(tokenizer)
+        if len(tokenizer) > config.llm.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM vocabulary is {config.llm.vocab_size}")
+        self.vit = vit if vit is not None else VisionTransformer(config.vit, device=device, dtype=dtype)
+        self.lvlm = lvlm if lvlm is not None else build_lvlm(
+            config.llm, config.vit.output_dim, self.token_ids, config.resampler_heads,
+            device=device, dtype=dtype, add_patch_pos=config.add_patch_pos,
+            target_pool=config.target_pool, lm_loss_scale=config.lm_loss_scale,
+            rec_loss_scale=config.rec_loss_scale)
+        self.detok = detok if detok is not None else Detokenizer(config.detok, device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lvlm.patch_pos_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lvlm.patch_pos_embed.dtype
+
+    # ------------------------------------------------------------------ pieces
+
+    def encode_ids(self, text: str, bos: bool = True) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ([self.tokenizer.bos_token_id] if bos else []) + ids
+
+    def decode(self, ids, keep_image_tokens: bool = False) -> str:
+        """Token ids -> text. Image tokens are dropped unless asked; ``<img>``/``</img>`` stay as marks."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        drop = {self.tokenizer.pad_token_id, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id}
+        if not keep_image_tokens:
+            drop |= set(self.token_ids.img)
+        return self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False).strip()
+
+    @torch.no_grad()
+    def encode_image(self, image):
+        """An image -> (ViT features ``[n_views, 256, vit_dim]``, positions ``[n_views, 2]``, tiles)."""
+        tiles = tile_image(image, base=self.config.tile_size, device=self.device, dtype=self.dtype)
+        return self.vit(tiles.pixels), tiles.positions, tiles
+
+    def image_prompt(self, n_views: int) -> str:
+        return T.comprehension_prompt(n_views, self.lvlm.num_img_tokens)
+
+    # ------------------------------------------------------------------ tasks
+
+    @torch.no_grad()
+    def generate_image(self, caption: str, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                       seed: int | None = 0, processor_mode: str = "faithful", **generate_kwargs) -> ImageResult:
+        """Caption -> image, the published way: the prompt ends in ``<img>``, the block is forced."""
+        caption = _check_text(caption, "caption")
+        prompt = T.generation_prompt(caption)
+        ids = torch.tensor([self.encode_ids(prompt)], device=self.device)
+        out = self.lvlm.generate(ids, max_new_tokens=self.lvlm.num_img_tokens + 1, processor_mode=processor_mode,
+                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                 **generate_kwargs)
+        if not out.images[0]:
+            raise RuntimeError("the image block did not complete")     # cannot happen with a forcing processor
+        feats = out.images[0][0].features
+        image = self.draw(feats, num_inference_steps, guidance_scale, seed)
+        return ImageResult(image, prompt, out, feats)
+
+    @torch.no_grad()
+    def draw(self, features: torch.Tensor, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             seed: int | None = 0, callback=None):
+        """De-tokenize ``[64, vit_dim]`` (or ``[B, 64, vit_dim]``) features into PIL image(s)."""
+        batched = features.dim() == 3
+        g = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        imgs = self.detok.sample(features if batched else features[None],
+                                 num_inference_steps=num_inference_steps or self.config.num_inference_steps,
+                                 guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+                                 generator=g, callback=callback)
+        return imgs if batched else imgs[0]
+
+    @torch.no_grad()
+    def describe(self, image, question: str = DESCRIBE_QUESTION, max_new_tokens: int = 24) -> str:
+        """Image -> text, as SEED-X-I: ``[INST] {tiles and global view}{question} [/INST]``."""
+        ids, feats, pos, cmp = self.comprehension_inputs(image, question)
+        out = self.lvlm.generate(ids, image_features=feats, ids_cmp_mask=cmp, patch_positions=pos,
+                                 max_new_tokens=max_new_tokens, processor_mode="strict",
+                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        return self.decode(out.new_tokens[0])
+
+    def comprehension_inputs(self, image, question: str = DESCRIBE_QUESTION):
+        """Prompt ids ``[1, T]``, ViT features, positions and ``ids_cmp_mask`` for one image + question."""
+        feats, pos, tiles = self.encode_image(image)
+        prompt = T.instruction_prompt(" " + _check_text(question, "question", allow_empty=True),
+                                      self.image_prompt(len(tiles)))
+        ids = torch.tensor([self.encode_ids(prompt)], device=self.device)
+        cmp, _ = block_masks(ids, self.token_ids, [[False] * len(tiles)])
+        return ids, feats, pos, cmp
+
+    @torch.no_grad()
+    def generate(self, prompt: str, images=None, max_new_tokens: int = 200, max_images: int = 4,
+                 num_inference_steps: int | None = None, seed: int | None = 0, processor_mode: str = "faithful",
+                 **generate_kwargs) -> InterleavedResult:
+        """Continue ``prompt`` with text and images; an image starts only where the model predicts ``<img>``.
+
+        ``images``: optional input images, each shown to the model (tiles + global view) before the text.
+        At most ``max_images`` images are drawn; generation stops after that many blocks.
+        """
+        prompt = _check_text(prompt, "prompt", allow_empty=images is not None)
+        feats = pos = cmp = None
+        text = prompt
+        if images:
+            encoded = [self.encode_image(im) for im in images]
+            text = "".join(self.image_prompt(len(t)) for _, _, t in encoded) + " " + prompt
+            feats = torch.cat([f for f, _, _ in encoded])
+            pos = torch.cat([p for _, p, _ in encoded])
+        ids = torch.tensor([self.encode_ids(text)], device=self.device)
+        if images:
+            cmp, _ = block_masks(ids, self.token_ids, [[False] * int(feats.shape[0])])
+        out = self.lvlm.generate(ids, image_features=feats, ids_cmp_mask=cmp, patch_positions=pos,
+                                 max_new_tokens=max_new_tokens, processor_mode=processor_mode,
+                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                 max_blocks=max_images, **generate_kwargs)
+        new = out.new_tokens[0].tolist()
+        segments, images_out, start = [], [], 0
+        for img in out.images[0]:
+            a, b = img.block.start - out.prompt_length, img.block.end - out.prompt_length
+            if self.decode(new[start:a]):
+                segments.append(self.decode(new[start:a]))
+            pic = self.draw(img.features, num_inference_steps, seed=None if seed is None else seed + len(images_out))
+            segments.append(pic)
+            images_out.append(pic)
+            start = b
+        if self.decode(new[start:]):
+            segments.append(self.decode(new[start:]))
+        return InterleavedResult(self.decode(new), images_out, segments, out)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, directory, extra_files: dict[str, str] | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer, each atomically."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic(directory / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        cfg = self.config.to_dict()
+        cfg["detok"]["vae"] = dict(cfg["detok"]["vae"], scaling_factor=float(self.detok.vae.config.scaling_factor))
+        _atomic(directory / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2)))
+        T.save_tokenizer(self.tokenizer, directory)
+        for name, text in (extra_files or {}).items():
+            _atomic(directory / name, lambda p, t=text: p.write_text(t))
+        return directory
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _check_text(text, what: str, allow_empty: bool = False) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+    if not allow_empty and not text.strip():
+        raise ValueError(f"{what} is empty")
+    return text
+
+
+def resolve(name_or_path) -> Path:
+    """``"seedx-tiny"`` -> ``data/seedx-tiny``; a path is returned as it is (after an existence check)."""
+    p = Path(name_or_path)
+    if not p.exists() and (DATA_DIR / str(name_or_path)).exists():
+        p = DATA_DIR / str(name_or_path)
+    if not p.exists():
+        raise FileNotFoundError(f"no model named or found at {name_or_path!r} (looked in {DATA_DIR})")
+    return p
+
+
+def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) -> SeedX:
+    """Load a saved SeedX (seedx-tiny by default) onto ``device`` in ``dtype``.
+
+    A folder in the published SEED-X layout (``pretrained/`` with ``seed_x/agent/pytorch_model.bin`` …),
+    or the names ``"seed-x"`` / ``"seed-x-i"`` (files under ``$SEEDX_ROOT``), go to
+    :func:`seedx_lab.checkpoints.load_published`; ``device_map`` (e.g. ``"auto"``) applies to those only.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from . import checkpoints
+
+    variant = checkpoints.variant_for_name(name_or_path)
+    if variant is not None or checkpoints.is_published_layout(name_or_path):
+        return checkpoints.load_published(None if variant else name_or_path, device=device, dtype=dtype,
+                                          device_map=device_map, variant=variant)
+    if device_map is not None:
+        raise ValueError("device_map applies to published SEED-X checkpoints only; "
+                         f"{name_or_path!r} is a seedx-lab model (use device=)")
+    d = resolve(name_or_path)
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d} has no {f}")
+    try:
+        cfg = SeedXConfig.from_dict(json.loads((d / "config.json").read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{d / 'config.json'} is not valid JSON: {e}") from None
+    tok = T.load_tokenizer(d)
+    model = SeedX(cfg, tok)       # tiny: a real init is cheap and keeps non-persistent buffers right
+    try:
+        state = load_file(str(d / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{d / 'model.safetensors'} could not be read (truncated or corrupt?): {e}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{d / 'model.safetensors'}: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+                         f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f"{d / 'model.safetensors'}: shape mismatch for " + "; ".join(bad[:5]))
+    model.load_state_dict(state)
+    model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    return model.eval()
