@@ -268,9 +268,10 @@ class DetokenizerConfig:
             sample_size=64,
             down_block_types=("DownEncoderBlock2D",) * 3,
             up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(32, 64, 64),  # 2 downsamples: x4
+            block_out_channels=(16, 32, 32),  # 2 downsamples: x4; narrow, so it trains in minutes on a CPU
             layers_per_block=1,
             norm_num_groups=8,
+            mid_block_add_attention=False,
             scaling_factor=1.0,  # set by Detokenizer.calibrate_scaling_factor after VAE training
             force_upcast=False,
         )
@@ -533,16 +534,24 @@ class Detokenizer(nn.Module):
         images: torch.Tensor,
         generator: torch.Generator | None = None,
         cond_drop_prob: float | None = None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Noise-prediction MSE for features [B, N, embedding_dim] and their images
-        [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients."""
+        [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
+        ``latents``: already-encoded, scaled latents [B, C, h, w] (then ``images`` may be None)."""
         self._check_features(features)
-        self._check_images(images, batch=features.shape[0])
-        B, H, W = images.shape[0], images.shape[2], images.shape[3]
+        if latents is None:
+            self._check_images(images, batch=features.shape[0])
+            B, H, W = images.shape[0], images.shape[2], images.shape[3]
+        else:
+            B, f = latents.shape[0], self.vae_scale_factor
+            H, W = latents.shape[2] * f, latents.shape[3] * f
         p = self.config.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
         gen_device = generator.device if generator is not None else self.device
 
-        latents = self.encode_images(images, generator).to(self.dtype)  # [B, C, h, w]
+        if latents is None:
+            latents = self.encode_images(images, generator)
+        latents = latents.to(self.dtype)  # [B, C, h, w]
         noise = _randn(latents.shape, generator, self.device, self.dtype)  # [B, C, h, w]
         T = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(self.device)  # [B]

@@ -29,6 +29,7 @@ NUM_IMG_VOCAB = 100        # <img_00000> ... <img_00099> are in the published vo
 
 # SEED-X-I (the instruction-tuned model) wraps every user turn like this.
 INSTRUCTION_TEMPLATE = "[INST] {instruction} [/INST]\n"
+INSTRUCTION_MARKERS = ("[INST]", "[/INST]")
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
@@ -182,7 +183,8 @@ def build_tokenizer(words: Iterable[str], num_img_tokens: int = NUM_IMG_VOCAB):
     """A word-level ``PreTrainedTokenizerFast`` over ``words`` plus the SEED-X tokens.
 
     Text is lower-cased, split on whitespace and punctuation; unknown words map to ``<unk>``.
-    Ids: 0 ``<pad>``, 1 ``<s>``, 2 ``</s>``, 3 ``<unk>``, then the words, then the image tokens.
+    Ids: 0 ``<pad>``, 1 ``<s>``, 2 ``</s>``, 3 ``<unk>``, then the words, then the image tokens,
+    then the instruction markers ``[INST]`` and ``[/INST]``.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -198,6 +200,9 @@ def build_tokenizer(words: Iterable[str], num_img_tokens: int = NUM_IMG_VOCAB):
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS,
                                   pad_token=PAD, unk_token=UNK, clean_up_tokenization_spaces=False)
     add_special_tokens(tok, num_img_tokens)
+    from tokenizers import AddedToken
+    # the SEED-X-I instruction markers, kept whole
+    tok.add_tokens([AddedToken(t, normalized=False) for t in INSTRUCTION_MARKERS if t not in tok.get_vocab()])
     return tok
 
 

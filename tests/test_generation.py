@@ -299,14 +299,20 @@ def test_budget_rule(tok, ids):
     assert torch.all(out[outside, ids.boi] == float("-inf"))
     out = Proc(tok, mode="strict", max_length=L + N + 2)(x, scores)
     assert torch.equal(out[outside, ids.boi], scores[outside, ids.boi])
-    # faithful: scores as without a budget, but one warning naming the tokens left
-    plain = Proc(tok)(x, scores)
+    # faithful: scores as without a budget; one warning naming the tokens left, but only when
+    # <img> would actually be chosen in an outside row (otherwise the short budget is harmless)
+    boosted = scores.clone()
+    boosted[outside[0], ids.boi] = 100.0
+    plain = Proc(tok)(x, boosted)
     with pytest.warns(UserWarning, match="only 65 token") as rec:
-        out = Proc(tok, max_length=L + N + 1)(x, scores)
+        out = Proc(tok, max_length=L + N + 1)(x, boosted)
     assert len(rec) == 1 and torch.equal(out, plain)
+    lowered = scores.clone()
+    lowered[:, ids.boi] = -100.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Proc(tok, max_length=L + N + 2)(x, scores)
+        Proc(tok, max_length=L + N + 2)(x, boosted)              # enough room
+        Proc(tok, max_length=L + N + 1)(x, lowered)              # short, but <img> is not chosen
     # an open block that cannot reach </img> is reported in either mode
     with pytest.warns(UserWarning, match="cut off before </img>"):
         Proc(tok, mode="strict", max_length=L + 3)(x, scores)
