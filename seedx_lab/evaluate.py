@@ -1,0 +1,133 @@
+"""Held-out evaluation of a SeedX model on the shape world (``seedx-lab eval``).
+
+Four numbers, each on the **test** split (its primary objects are (shape, colour, position)
+triples never seen in training):
+
+* ``caption_acc`` — image → text: the generated description names the primary object's shape,
+  colour and position (parsed with ``world.parse_description``);
+* ``image_acc`` — text → image: the pixel judge finds the caption's object with the right shape,
+  colour and position in the generated image (attributes a caption does not state are not checked);
+* ``boi_f1`` — reading held-out stories token by token (teacher forcing), the model's greedy
+  choice after the published processor is ``<img>`` exactly where the story has an image: F1 over
+  all text positions;
+* ``false_boi`` — fraction of text-only samples in which the model emits ``<img>`` anywhere, while
+  reading them or in a greedy continuation of 16 tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import judge as J
+from . import world as W
+from .generation import AutoImageTokenGenerationProcessor
+from .tokens import find_image_blocks
+from .train import collate, encode_pieces, story_pieces
+
+
+@dataclass
+class EvalResult:
+    caption_acc: float
+    caption_exact: float          # every object of the scene named, nothing else
+    image_acc: float
+    boi_precision: float
+    boi_recall: float
+    boi_f1: float
+    false_boi: float
+    n: int
+
+    def line(self) -> str:
+        return (f"caption_acc={self.caption_acc:.3f} image_acc={self.image_acc:.3f} "
+                f"boi_f1={self.boi_f1:.3f} false_boi={self.false_boi:.3f}")
+
+
+def _triple(d: dict):
+    return d.get("shape"), d.get("colour"), d.get("position")
+
+
+@torch.no_grad()
+def caption_accuracy(model, seeds, split="test", progress=False):
+    hits, exact = 0, 0
+    for s in tqdm(seeds, desc="image -> text", disable=not progress):
+        sm = W.comprehension_sample(s, split)
+        text = model.describe(sm.image)
+        said = {_triple(d) for d in W.parse_description(text)}
+        truth = [o.triple for o in sm.scene.objects]
+        hits += truth[0] in said
+        exact += said == set(truth)
+    return hits / len(seeds), exact / len(seeds)
+
+
+@torch.no_grad()
+def image_accuracy(model, seeds, split="test", num_inference_steps=None, progress=False):
+    hits = 0
+    for s in tqdm(seeds, desc="text -> image", disable=not progress):
+        sm = W.caption_image_sample(s, split)
+        img = model.generate_image(sm.caption, num_inference_steps=num_inference_steps, seed=s).image
+        hits += J.score_image(img, sm.caption)["all"]
+    return hits / len(seeds)
+
+
+@torch.no_grad()
+def boi_predictions(model, segments):
+    """Teacher-forced greedy ``<img>`` decisions at every text position of one story.
+
+    Returns ``(predicted, actual)``: two bool lists over the positions whose next token is chosen
+    freely (outside forced blocks).
+    """
+    ex = encode_pieces(model, story_pieces(segments, None))
+    batch = collate(model, [ex], model.device)
+    ids = batch["input_ids"]
+    logits = model.lvlm(ids)["logits"][0].float()                         # [T, V]
+    proc = AutoImageTokenGenerationProcessor(token_ids=model.token_ids, num_img_gen_tokens=model.lvlm.num_img_tokens)
+    tid = model.token_ids
+    forced = set()
+    for blk in find_image_blocks(ids[0], tid):
+        forced.update(range(blk.start, blk.end - 1))                   # <img>, image tokens: next token forced
+    pred, act = [], []
+    for t in range(ids.shape[1] - 1):
+        if t in forced:
+            continue
+        scores = proc(ids[:, : t + 1], logits[t: t + 1])
+        pred.append(int(scores.argmax(-1)) == tid.boi)
+        act.append(int(ids[0, t + 1]) == tid.boi)
+    return pred, act
+
+
+@torch.no_grad()
+def boi_scores(model, seeds, split="test", progress=False):
+    tp = fp = fn = 0
+    for s in tqdm(seeds, desc="stories", disable=not progress):
+        pred, act = boi_predictions(model, W.story_sample(s, split).segments)
+        tp += sum(p and a for p, a in zip(pred, act))
+        fp += sum(p and not a for p, a in zip(pred, act))
+        fn += sum(a and not p for p, a in zip(pred, act))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    false = 0
+    for s in tqdm(seeds, desc="text only", disable=not progress):
+        segs = W.text_only_sample(s, split).segments
+        pred, _ = boi_predictions(model, segs)
+        emitted = any(pred)
+        if not emitted:
+            out = model.lvlm.generate(torch.tensor([model.encode_ids(segs[0])], device=model.device),
+                                      max_new_tokens=16, eos_token_id=model.tokenizer.eos_token_id,
+                                      pad_token_id=model.tokenizer.pad_token_id)
+            emitted = model.token_ids.boi in out.new_tokens[0].tolist()
+        false += emitted
+    return precision, recall, f1, false / len(seeds)
+
+
+def evaluate(model, n: int = 200, split: str = "test", num_inference_steps: int | None = None,
+             progress: bool = True, seed: int = 0) -> EvalResult:
+    """All four numbers on ``n`` samples of each task (seeds ``seed … seed+n-1``)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    seeds = list(range(seed, seed + n))
+    cap, exact = caption_accuracy(model, seeds, split, progress)
+    img = image_accuracy(model, seeds, split, num_inference_steps, progress)
+    p, r, f1, false = boi_scores(model, seeds, split, progress)
+    return EvalResult(cap, exact, img, p, r, f1, false, n)

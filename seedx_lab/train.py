@@ -1,0 +1,546 @@
+"""Three-stage training of seedx-tiny on the shape world, as in the SEED-X paper, on a CPU.
+
+Stage a — visual encoder. The ViT is trained *supervised*: (1) every one of its 256 output
+tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, and (2) from the mean
+of its tokens, small heads name the colour and the shape found at each of the five positions
+(none/left/right/top/bottom/centre) of a global view. Why not contrastive with captions? With a
+few hundred distinct captions a contrastive loss saturates quickly and says nothing about
+*where* things are; the de-tokenizer needs features that keep the picture (the per-cell
+target makes token i stand for cell i, so the published 1-D pooling of 4 consecutive tokens is
+meaningful), and the describer needs features that name attributes (the heads). The heads are
+thrown away after this stage.
+
+Stage b — de-tokenizer. The VAE learns to reconstruct world images, its latent scale is
+calibrated, then the adapter + UNet learn to denoise latents conditioned on the *pooled*
+(64-token) ViT features of the frozen encoder — exactly what the output resampler will hand
+them at inference.
+
+Stage c — LLM + input and output resamplers, with the LM loss (text and the ``<img>`` opener of
+every generated image) and the regression loss on the 64 pooled features, over a mix of
+caption→image, image→text (any-res tiles, SEED-X-I template), interleaved stories and
+text-only samples.
+
+Everything is seeded; progress bars show each stage; every stage logs to ``train_log.csv``; a
+resumable state (``state.pt``, written atomically) is kept in the work directory.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import tokens as T
+from . import world as W
+from .anyres import tile_image, to_tensor
+from .lvlm import pool_targets
+from .model import DESCRIBE_QUESTION, SeedX, SeedXConfig
+
+STAGES = ("vit", "vae", "unet", "llm")
+N_POS = len(W.POSITIONS)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "data/seedx-tiny"          # where the finished checkpoint goes
+    work: str = "runs/seedx-tiny"         # resumable state and logs
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    vit_steps: int = 500
+    vit_batch: int = 32
+    vae_steps: int = 400
+    vae_batch: int = 32
+    cache_size: int = 4000                # caption images whose features/latents are cached
+    comprehension_pool: int = 1500        # comprehension samples whose view features are cached
+    story_pool: int = 1500                # stories whose image features are cached
+    unet_steps: int = 2200
+    unet_batch: int = 32
+    llm_steps: int = 2400
+    llm_batch: int = 16
+    lr: float = 1e-3
+    llm_lr: float = 1.5e-3
+    ckpt_every: int = 200
+    log_every: int = 10
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls, **kw) -> "TrainConfig":
+        """A few minutes on a CPU: same code path, far fewer steps (losses fall, quality is low)."""
+        base = dict(vit_steps=60, vit_batch=16, vae_steps=40, vae_batch=16, cache_size=256, comprehension_pool=64,
+                    story_pool=64, unet_steps=80,
+                    unet_batch=16, llm_steps=120, llm_batch=8, ckpt_every=50, quick=True,
+                    out="runs/seedx-quick/model", work="runs/seedx-quick")
+        base.update(kw)
+        return cls(**base)
+
+
+def build_tokenizer():
+    return T.build_tokenizer(W.vocabulary())
+
+
+def build_model(seed: int = 0, device="cpu") -> SeedX:
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    cfg = SeedXConfig.tiny(vocab_size=len(tok))
+    return SeedX(cfg, tok, device=device)
+
+
+# --------------------------------------------------------------------------- logging / state
+
+class CSVLog:
+    """Appends ``stage, step, name=value…`` rows to a CSV file (kept across resumes)."""
+
+    FIELDS = ("stage", "step", "loss", "part1", "part2", "lr", "elapsed_s")
+
+    def __init__(self, path: Path):
+        self.path = path
+        new = not path.exists()
+        self.f = open(path, "a", newline="")
+        self.w = csv.DictWriter(self.f, fieldnames=self.FIELDS)
+        if new:
+            self.w.writeheader()
+        self.t0 = time.time()
+
+    def write(self, stage, step, loss, part1=None, part2=None, lr=None):
+        self.w.writerow(dict(stage=stage, step=step, loss=f"{loss:.5f}",
+                             part1="" if part1 is None else f"{part1:.5f}",
+                             part2="" if part2 is None else f"{part2:.5f}",
+                             lr="" if lr is None else f"{lr:.2e}", elapsed_s=f"{time.time() - self.t0:.1f}"))
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def _atomic_save(obj, path: Path):
+    """``torch.save`` to ``path.tmp``, then rename over ``path``: an interrupted save leaves the previous
+    file intact and no temporary behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _cosine(step, total, base, warmup=20):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# --------------------------------------------------------------------------- data helpers
+
+def _seed_of(cfg: TrainConfig, stage: str, step: int, i: int) -> int:
+    return (cfg.seed * 1_000_003 + STAGES.index(stage) * 10_000_019 + step * 997 + i) % (2 ** 31)
+
+
+def image_to_unit(image) -> torch.Tensor:
+    """PIL RGB -> ``[3, H, W]`` in [0, 1]."""
+    return to_tensor(image, normalize=False)
+
+
+def position_labels(scene: W.Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour and shape class at each of the 5 positions (0 = nothing there): two ``[5]`` tensors."""
+    col = torch.zeros(N_POS, dtype=torch.long)
+    shp = torch.zeros(N_POS, dtype=torch.long)
+    colours = list(W.COLOURS)
+    for o in scene.objects:
+        p = W.POSITIONS.index(o.position)
+        col[p] = colours.index(o.colour) + 1
+        shp[p] = W.SHAPES.index(o.shape) + 1
+    return col, shp
+
+
+def vit_batch(cfg: TrainConfig, step: int, base: int):
+    """Half square caption images (global views, with position labels), half random any-res views."""
+    pix, cells, cols, shps = [], [], [], []
+    for i in range(cfg.vit_batch):
+        s = _seed_of(cfg, "vit", step, i)
+        if i % 2 == 0:
+            sample = W.caption_image_sample(s)
+            views, scene, k = tile_image(sample.image, base=base), sample.scene, -1
+        else:
+            sample = W.comprehension_sample(s)
+            views, scene = tile_image(sample.image, base=base), sample.scene
+            k = random.Random(s).randrange(len(views))
+        pix.append(views.pixels[k])
+        cells.append(_cells(image_to_unit(views.images[k]), 16))
+        if k == len(views) - 1 or k == -1:
+            c, h = position_labels(scene)
+        else:                                            # a tile: positions are not defined
+            c = h = torch.full((N_POS,), -100, dtype=torch.long)
+        cols.append(c)
+        shps.append(h)
+    return torch.stack(pix), torch.stack(cells), torch.stack(cols), torch.stack(shps)
+
+
+def _cells(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[3, H, W]`` -> ``[grid*grid, 3*(H/grid)*(W/grid)]``, cells in raster order."""
+    c, h, w = x.shape
+    ch, cw = h // grid, w // grid
+    return x.view(c, grid, ch, grid, cw).permute(1, 3, 0, 2, 4).reshape(grid * grid, c * ch * cw)
+
+
+class ViTHeads(nn.Module):
+    """Training-only heads of stage a."""
+
+    def __init__(self, dim: int, cell_values: int):
+        super().__init__()
+        self.cell = nn.Linear(dim, cell_values)
+        self.colour = nn.Linear(dim, N_POS * (len(W.COLOURS) + 1))
+        self.shape = nn.Linear(dim, N_POS * (len(W.SHAPES) + 1))
+
+    def forward(self, feats):                           # feats [B, 256, D]
+        g = feats.mean(1)
+        return (self.cell(feats), self.colour(g).view(-1, N_POS, len(W.COLOURS) + 1),
+                self.shape(g).view(-1, N_POS, len(W.SHAPES) + 1))
+
+
+# --------------------------------------------------------------------------- stage c sequences
+# A sequence is a list of pieces: ("text", str, labelled) | ("gen", features [256, D])
+# | ("cmp", features [views, 256, D], positions [views, 2]). The same builders serve evaluation.
+
+def caption_pieces(caption: str, feats=None):
+    return [("text", caption, True), ("gen", feats)]
+
+
+def comprehension_pieces(feats, pos, question: str, answer: str | None):
+    pieces = [("text", "[INST]", False), ("cmp", feats, pos), ("text", " " + question + " [/INST]", False)]
+    return pieces + ([("text", answer, True)] if answer is not None else [])
+
+
+def story_pieces(segments, feats=None):
+    pieces, j = [], 0
+    for seg in segments:
+        if isinstance(seg, str):
+            pieces.append(("text", seg + " ", True))
+        else:
+            pieces.append(("gen", None if feats is None else feats[j]))
+            j += 1
+    return pieces
+
+
+def encode_pieces(model: SeedX, pieces):
+    """Pieces -> (ids, labels, gen_flags, cmp_feats, cmp_pos, gen_feats).
+
+    Labels follow SEED-X: text marked ``labelled`` and ``</s>``, and the ``<img>`` of each generated
+    block; image tokens never. ``gen_flags`` has one entry per image block: True (generated, with a
+    regression target), False (comprehension) or None (generated block without a target).
+    """
+    m = model
+    ids, labels, flags, cf, cp, gf = [m.tokenizer.bos_token_id], [-100], [], [], [], []
+    n_tok = m.lvlm.num_img_tokens
+    tid = m.token_ids
+    for p in pieces:
+        if p[0] == "text":
+            t = m.tokenizer.encode(p[1], add_special_tokens=False)
+            ids += t
+            labels += t if p[2] else [-100] * len(t)
+        elif p[0] == "gen":
+            ids += [tid.boi, *tid.img[:n_tok], tid.eoi]
+            labels += [tid.boi] + [-100] * (n_tok + 1)
+            flags.append(None if p[1] is None else True)
+            if p[1] is not None:
+                gf.append(p[1])
+        elif p[0] == "cmp":
+            n = p[1].shape[0]
+            t = m.tokenizer.encode(m.image_prompt(n), add_special_tokens=False)
+            ids += t
+            labels += [-100] * len(t)
+            flags += [False] * n
+            cf.append(p[1])
+            cp.append(p[2])
+        else:
+            raise ValueError(f"unknown piece kind {p[0]!r}")
+    ids.append(m.tokenizer.eos_token_id)
+    labels.append(m.tokenizer.eos_token_id)
+    return ids, labels, flags, cf, cp, gf
+
+
+def collate(model: SeedX, examples, device="cpu"):
+    """Right-padded batch of encoded examples, as keyword arguments of ``ContinuousLVLM.forward``."""
+    pad = model.tokenizer.pad_token_id
+    L = max(len(e[0]) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, L), pad, dtype=torch.long)
+    labels = torch.full((B, L), -100, dtype=torch.long)
+    att = torch.zeros((B, L), dtype=torch.long)
+    cmp = torch.zeros((B, L), dtype=torch.bool)
+    gen = torch.zeros((B, L), dtype=torch.bool)
+    cf, cp, gf = [], [], []
+    for b, (i, l, flags, f1, p1, f2) in enumerate(examples):
+        ids[b, :len(i)] = torch.tensor(i)
+        labels[b, :len(l)] = torch.tensor(l)
+        att[b, :len(i)] = 1
+        for blk, flag in zip(T.find_image_blocks(i, model.token_ids), flags):
+            if flag is not None:
+                (gen if flag else cmp)[b, blk.token_start: blk.token_start + blk.n_tokens] = True
+        cf += f1
+        cp += p1
+        gf += f2
+    return dict(input_ids=ids.to(device), attention_mask=att.to(device), labels=labels.to(device),
+                image_features=torch.cat(cf).to(device) if cf else None, ids_cmp_mask=cmp.to(device) if cf else None,
+                patch_positions=torch.cat(cp).to(device) if cp else None,
+                target_features=torch.stack(gf).to(device) if gf else None, ids_gen_mask=gen.to(device) if gf else None)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, fresh: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.work = Path(cfg.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.work / "state.pt"
+        self.progress = progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        self.model = build_model(cfg.seed, self.device)
+        self.done: list[str] = []
+        self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
+        if fresh:
+            for f in ("state.pt", "train_log.csv"):
+                (self.work / f).unlink(missing_ok=True)
+        elif self.state_path.exists():
+            self._load_state()
+        self.log = CSVLog(self.work / "train_log.csv")
+
+    # -- state ---------------------------------------------------------------
+    def _save_state(self, stage, step, opt):
+        _atomic_save(dict(config=asdict(self.cfg), done=self.done, stage=stage, step=step,
+                          model=self.model.state_dict(), opt=opt.state_dict() if opt else None,
+                          scaling_factor=float(self.model.detok.vae.config.scaling_factor)), self.state_path)
+
+    def _load_state(self):
+        try:
+            st = torch.load(self.state_path, map_location=self.device, weights_only=False)
+        except Exception as e:  # a torn write cannot happen (atomic), but a foreign file can
+            raise ValueError(f"cannot resume from {self.state_path}: {e}; run with --fresh") from None
+        try:
+            self.model.load_state_dict(st["model"])
+            self.model.detok.vae.register_to_config(scaling_factor=st["scaling_factor"])
+            self.done = list(st["done"])
+            self.resume_stage, self.resume_step, self.resume_opt = st["stage"], st["step"], st["opt"]
+        except (KeyError, TypeError, RuntimeError) as e:   # another model's state, or not a state at all
+            msg = f"missing entry {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise ValueError(f"cannot resume from {self.state_path}: {msg} (written by a different "
+                             "configuration?); run with --fresh") from None
+
+    def _start(self, stage, opt):
+        if self.resume_stage == stage and self.resume_opt is not None:
+            opt.load_state_dict(self.resume_opt)
+            return self.resume_step
+        return 0
+
+    def _bar(self, stage, total, start):
+        return tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total,
+                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+
+    def _loop(self, stage, params, total, lr, step_fn):
+        """Generic optimisation loop with cosine LR, logging, periodic atomic checkpoints."""
+        if stage in self.done:
+            return
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        start = self._start(stage, opt)
+        torch.manual_seed(_seed_of(self.cfg, stage, start, 0))
+        bar = self._bar(stage, total, start)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = _cosine(step, total, lr)
+            loss, p1, p2 = step_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if step % self.cfg.log_every == 0 or step == total - 1:
+                self.log.write(stage, step, float(loss), p1, p2, opt.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            if (step + 1) % self.cfg.ckpt_every == 0 and step + 1 < total:
+                self._save_state(stage, step + 1, opt)
+        self.done.append(stage)
+        self._save_state(None, 0, None)
+
+    # -- stages --------------------------------------------------------------
+    def stage_vit(self):
+        m, cfg = self.model, self.cfg
+        base = m.config.tile_size
+        heads = ViTHeads(m.config.vit.output_dim, 3 * (base // 16) ** 2).to(self.device)
+        m.vit.train()
+
+        def step(i):
+            pix, cells, cols, shps = (t.to(self.device) for t in vit_batch(cfg, i, base))
+            feats = m.vit(pix)
+            cell_pred, col_logits, shp_logits = heads(feats)
+            rec = F.mse_loss(cell_pred, cells)
+            cls = F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100) + \
+                F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100)
+            return 10 * rec + cls, rec.item(), cls.item()
+
+        self._loop("vit", list(m.vit.parameters()) + list(heads.parameters()), cfg.vit_steps, cfg.lr, step)
+        m.vit.eval().requires_grad_(False)
+
+    def stage_vae(self):
+        m, cfg = self.model, self.cfg
+        vae = m.detok.vae
+        if "vae_calibrated" not in self.done:
+            vae.train()
+
+            pool = self.caption_pool()["unit"]
+            g = torch.Generator().manual_seed(cfg.seed)
+
+            def step(i):
+                g.manual_seed(_seed_of(cfg, "vae", i, 0))
+                idx = torch.randint(0, pool.shape[0], (cfg.vae_batch,), generator=g)
+                imgs = pool[idx].to(self.device) * 2 - 1
+                flip = torch.rand(cfg.vae_batch, generator=g) < 0.5          # cheap augmentation
+                imgs[flip] = imgs[flip].flip(-1)
+                return m.detok.vae_loss(imgs, generator=g), None, None
+
+            self._loop("vae", list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
+            calib = torch.stack([image_to_unit(W.caption_image_sample(10_000_000 + k).image) for k in range(256)])
+            vae.eval()
+            m.detok.calibrate_scaling_factor(calib.to(self.device) * 2 - 1)
+            self.done.append("vae_calibrated")
+            self._save_state(None, 0, None)
+        vae.eval().requires_grad_(False)
+
+    def caption_pool(self):
+        """The first ``cache_size`` caption samples of the train split, rendered once."""
+        if getattr(self, "_caption_pool", None) is None:
+            samples = [W.caption_image_sample(k) for k in range(self.cfg.cache_size)]
+            unit = torch.stack([image_to_unit(sm.image) for sm in samples])
+            self._caption_pool = dict(samples=samples, unit=unit)
+        return self._caption_pool
+
+    @torch.no_grad()
+    def _vit_features(self, unit: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, 64, 64]`` in [0, 1] -> ViT features ``[N, 256, D]`` (in chunks)."""
+        from .vit import normalize
+        return torch.cat([self.model.vit(normalize(unit[k:k + 128].to(self.device))) for k in range(0, len(unit), 128)])
+
+    @torch.no_grad()
+    def build_cache(self):
+        """Frozen-encoder features (and VAE latents) of the sample pools used by stages b and c."""
+        m, cfg = self.model, self.cfg
+        pool = self.caption_pool()
+        bar = tqdm(total=4, desc="cache features", disable=not self.progress)
+        feats = self._vit_features(pool["unit"])
+        lats = torch.cat([m.detok.vae.encode(pool["unit"][k:k + 128].to(self.device) * 2 - 1).latent_dist.mean
+                          for k in range(0, len(pool["unit"]), 128)]) * m.detok.vae.config.scaling_factor
+        bar.update(2)
+        comp = []
+        for k in range(cfg.comprehension_pool):
+            sm = W.comprehension_sample(_seed_of(cfg, "llm", 0, 50_000_000 + k))
+            f, p, _ = m.encode_image(sm.image)
+            comp.append((sm, f, p))
+        bar.update(1)
+        stories = []
+        for k in range(cfg.story_pool):
+            sm = W.story_sample(_seed_of(cfg, "llm", 0, 60_000_000 + k))
+            imgs = sm.images()
+            f = self._vit_features(torch.stack([image_to_unit(im) for im in imgs]))
+            stories.append((sm, f))
+        bar.update(1)
+        bar.close()
+        self.cache = dict(samples=pool["samples"], feats=feats, latents=lats, comprehension=comp, stories=stories)
+
+    def stage_unet(self):
+        m, cfg = self.model, self.cfg
+        d = m.detok
+        d.resampler.train(); d.unet.train()
+        g = torch.Generator(device="cpu")
+        feats, lats = self.cache["feats"], self.cache["latents"]
+
+        def step(i):
+            g.manual_seed(_seed_of(cfg, "unet", i, 0))
+            idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
+            f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
+            loss = d.training_loss(f, None, generator=g, latents=lats[idx])
+            return loss, None, None
+
+        self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.lr, step)
+        d.eval().requires_grad_(False)
+
+    # -- stage c data ----------------------------------------------------------
+    def llm_examples(self, kind: str, step: int, n: int):
+        """``n`` training sequences of one kind ("caption", "comprehension", "story") from the pools."""
+        c = self.cache
+        out = []
+        for i in range(n):
+            s = _seed_of(self.cfg, "llm", step, i)
+            if kind == "caption":
+                k = s % len(c["samples"])
+                out.append(caption_pieces(c["samples"][k].caption, c["feats"][k]))
+            elif kind == "comprehension":
+                sm, feats, pos = c["comprehension"][s % len(c["comprehension"])]
+                out.append(comprehension_pieces(feats, pos, sm.question, sm.answer))
+            elif random.Random(s).random() < 0.7:
+                sm, feats = c["stories"][s % len(c["stories"])]
+                out.append(story_pieces(sm.segments, feats))
+            else:
+                out.append(story_pieces(W.text_only_sample(s).segments, None))
+        return [encode_pieces(self.model, p) for p in out]
+
+    def stage_llm(self):
+        m, cfg = self.model, self.cfg
+        lv = m.lvlm
+        lv.train()
+        kinds = ("caption", "comprehension", "story")
+
+        def step(i):
+            kind = kinds[i % 3]
+            n = cfg.llm_batch if kind != "comprehension" else max(2, cfg.llm_batch // 2)
+            batch = collate(m, self.llm_examples(kind, i, n), self.device)
+            out = lv(**batch)
+            return out["loss"], float(out["lm_loss"]), float(out["rec_loss"])
+
+        self._loop("llm", [p for p in lv.parameters()], cfg.llm_steps, cfg.llm_lr, step)
+        lv.eval()
+
+    # -- all -------------------------------------------------------------------
+    def run(self) -> Path:
+        t0 = time.time()
+        self.stage_vit()
+        self.stage_vae()
+        if "unet" not in self.done or "llm" not in self.done:
+            self.build_cache()
+        self.stage_unet()
+        self.stage_llm()
+        self.model.eval()
+        self.log.close()
+        minutes = (time.time() - t0) / 60
+        out = Path(self.cfg.out)
+        log_text = (self.work / "train_log.csv").read_text()
+        self.model.save(out, extra_files={"train_log.csv": log_text,
+                                          "train_config.json": json.dumps(asdict(self.cfg), indent=2)})
+        print(f"saved {out} after {minutes:.1f} min of training in this run")
+        return out
+
+
+def train(cfg: TrainConfig | None = None, fresh: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) the three stages and write the checkpoint to ``cfg.out``."""
+    return Trainer(cfg or TrainConfig(), fresh=fresh, progress=progress).run()
+
+
+def read_log(path) -> list[dict]:
+    """Rows of a ``train_log.csv`` with numbers as floats."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("step", "loss", "part1", "part2", "lr", "elapsed_s"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+    return rows

@@ -1,0 +1,258 @@
+"""seedx_lab.widgets: one view per stage; static PNG + fixed text/plain, and controls that change the state."""
+import numpy as np
+import pytest
+import torch
+
+import seedx_lab
+from seedx_lab import anyres, probes, widgets as V
+from seedx_lab import world as W
+from seedx_lab.train import build_model
+
+pytestmark = [pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(0).eval()
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return W.render(W.sample_scene(1, width=128, height=64))      # 128x64 -> grid 2x1 at base 64
+
+
+@pytest.fixture(scope="module")
+def image_trace(model):
+    """One text-to-image run with the processor decisions, the ids and every diffusion step captured."""
+    with seedx_lab.trace(model, capture=["processor.decisions", "llm.token_ids", "detok.step.*"]) as t:
+        res = model.generate_image("a red circle", num_inference_steps=2)
+    return t, res
+
+
+@pytest.fixture(autouse=True)
+def no_frontend(monkeypatch):
+    monkeypatch.setattr(V, "FRONTEND", False)
+
+
+def check_bundle(view, text):
+    data = view._repr_mimebundle_()
+    assert set(data) == {"text/plain", "image/png"}
+    assert data["text/plain"] == text == repr(view)
+    assert data["image/png"].startswith(PNG_MAGIC)
+    assert "0x" not in text
+
+
+def image_arrays(fig, axis):
+    return [im.get_array() for im in fig.axes[axis].images]
+
+
+# --------------------------------------------------------------------------- tiling
+
+def test_tiling_viewer_bundle_and_choice(model, wide):
+    v = V.tiling_viewer(wide, model)                      # base from the model: tile_size 64
+    check_bundle(v, "TilingViewer(image=128x64, base=64, chosen=2x1, selected=2x1, candidates=8)")
+    labels = [label for label, _ in v.controls["grid"].options]
+    assert len(labels) == 8 and "SEED-X" in labels[[g for _, g in v.controls["grid"].options].index("2x1")]
+    d = anyres.choose_resolution(wide.size, 64)
+    assert v.decision.chosen == d.chosen and v.llava == "2x1" and v.aspect == "2x1"
+
+
+def test_tiling_viewer_grid_lines_follow_the_dropdown():
+    img = W.render(W.sample_scene(2, width=100, height=60))
+    v = V.tiling_viewer(img, base=64)
+    before = v.png()
+    v.controls["grid"].value = "3x1"
+    assert v.selected == "3x1" and "selected=3x1" in repr(v)
+    assert v.png() != before
+    fig = v.figure()
+    xs = sorted(l.get_xdata()[0] for l in fig.axes[0].lines if l.get_gid() == "grid-x")
+    ys = [l.get_ydata()[0] for l in fig.axes[0].lines if l.get_gid() == "grid-y"]
+    np.testing.assert_allclose(xs, [100 / 3, 200 / 3])
+    assert ys == []
+    v.set(grid="2x2")
+    fig = v.figure()
+    xs = [l.get_xdata()[0] for l in fig.axes[0].lines if l.get_gid() == "grid-x"]
+    ys = [l.get_ydata()[0] for l in fig.axes[0].lines if l.get_gid() == "grid-y"]
+    assert xs == [50.0] and ys == [30.0]
+    tx = [l.get_xdata()[0] for l in fig.axes[1].lines if l.get_gid() == "tile-x"]
+    ty = [l.get_ydata()[0] for l in fig.axes[1].lines if l.get_gid() == "tile-y"]
+    assert tx == [64.0] and ty == [64.0]
+
+
+def test_tiling_viewer_published_base_on_a_photo_sized_image():
+    img = W.render(W.sample_scene(3), size=(451, 300))
+    v = V.tiling_viewer(img, base=448)
+    d = anyres.choose_resolution((451, 300), 448)
+    assert v.chosen == f"{d.grid[0]}x{d.grid[1]}" and v.selected == v.chosen
+    assert any(v.chosen in line for line in v.why())
+
+
+# --------------------------------------------------------------------------- attention
+
+def test_attention_viewer_heat_map_is_the_traced_row(model, wide):
+    with seedx_lab.trace(model, capture=["input_resampler.attn"]) as t:
+        feats, pos, tiles = model.encode_image(wide)
+        model.lvlm.image_embeddings(feats, pos)
+    ref = t["input_resampler.attn"]                                      # [3, heads, 64, 256]
+    _, direct = model.lvlm.input_resampler(feats, return_attn=True)
+    torch.testing.assert_close(ref, direct)
+
+    v = V.attention_viewer(model, wide)
+    check_bundle(v, "AttentionViewer(which=input_resampler, views=3, queries=64, heads=4, keys=16x16, "
+                    "view=global, query=0, head=mean)")
+    assert [label for label, _ in v.controls["view"].options] == ["tile 0 (row 0, col 0)", "tile 1 (row 0, col 1)",
+                                                                  "global view"]
+    np.testing.assert_allclose(v.heatmap(), ref[2, :, 0].mean(0).reshape(16, 16).numpy(), rtol=1e-6)
+
+    png0 = v.png()
+    v.set(view=0, query=5, head=2)
+    assert (v.view, v.query, v.head) == (0, 5, 2)
+    assert repr(v).endswith("view=tile0, query=5, head=2)")
+    np.testing.assert_array_equal(v.heatmap(), ref[0, 2, 5].reshape(16, 16).numpy())
+    shown = image_arrays(v.figure(), 2)[0]
+    np.testing.assert_array_equal(np.asarray(shown), ref[0, 2, 5].reshape(16, 16).numpy())
+    assert v.png() != png0
+    v.controls["query"].value = 6
+    assert not np.allclose(v.heatmap(), ref[0, 2, 5].reshape(16, 16).numpy())
+    np.testing.assert_array_equal(v.heatmap(), ref[0, 2, 6].reshape(16, 16).numpy())
+
+    from_trace = V.attention_viewer(model, wide, trace=t)
+    torch.testing.assert_close(from_trace.attn, v.attn)
+
+
+def test_attention_viewer_vit_pool(model, wide):
+    v = V.attention_viewer(model, wide, which="vit.attn_pool")
+    assert v.n_queries == 256 and v.controls["query"].max == 255 and v.key_side == 16
+    assert v.heatmap().sum() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="which must be"):
+        V.attention_viewer(model, wide, which="nope")
+
+
+# --------------------------------------------------------------------------- token timeline
+
+def test_token_timeline_classes_a_generate_image_run(model, image_trace):
+    t, res = image_trace
+    v = V.token_timeline(model, trace=t)
+    n = model.lvlm.num_img_tokens
+    check_bundle(v, f"TokenTimeline(prompt_tokens=5, new_tokens={n + 1}, text=0, boi=0, image={n}, eoi=1, "
+                    f"forced={n + 1}, step=0)")
+    assert v.ids == res.output.sequences[0].tolist()
+    assert v.classes == ["special", "text", "text", "text", "boi"] + ["image"] * n + ["eoi"]
+    assert all(v.forced)
+    d0 = v.decision(0)
+    assert d0["state"] == "inside" and d0["forced_id"] == model.token_ids.img[0] and d0["chosen_id"] == d0["forced_id"]
+    np.testing.assert_allclose(v.p_boi, [d["p_boi"] for d in t["processor.decisions"]])
+
+    png0 = v.png()
+    v.controls["step"].value = n
+    d = v.decision()
+    assert d["state"] == "closing" and d["forced_id"] == model.token_ids.eoi and d["kind"] == "eoi"
+    assert repr(v).endswith(f"step={n})") and v.png() != png0
+    assert "forced </img>" in v.describe_step()
+
+
+def test_token_timeline_from_a_caption_matches_the_trace(model, image_trace):
+    t, _ = image_trace
+    v = V.token_timeline(model, caption="a red circle")
+    w = V.token_timeline(model, trace=t)
+    assert v.ids == w.ids and v.classes == w.classes
+    np.testing.assert_allclose(v.p_boi, w.p_boi, rtol=1e-5)
+
+
+def test_token_timeline_text_prompt_and_classify(model):
+    v = V.token_timeline(model, "a red circle", max_new_tokens=4)
+    assert v.prompt_length == 4 and v.n_new == 4 and v.controls["step"].max == 3
+    tid = model.token_ids
+    assert V.classify_tokens([model.tokenizer.bos_token_id, tid.boi, tid.img[3], tid.eoi, tid.bop, tid.eop],
+                             model.tokenizer, tid) == ["special", "boi", "image", "eoi", "patch", "patch"]
+    assert V.classify_tokens(model.encode_ids("a red circle", bos=False), model.tokenizer) == ["text"] * 3
+
+
+# --------------------------------------------------------------------------- BOI explorer
+
+def test_boi_explorer_matches_boi_trace_and_generates(model):
+    prompt = "a red circle . here it is :"
+    v = V.boi_explorer(model, prompt, max_new_tokens=5, num_inference_steps=1)
+    ref = probes.boi_trace(model, prompt)
+    np.testing.assert_allclose(v.p_boi, ref.p_final, rtol=1e-6)
+    np.testing.assert_allclose(v.p_lens, ref.p_lens, rtol=1e-6)
+    L = model.config.llm.num_hidden_layers
+    check_bundle(v, f"BoiExplorer(tokens={len(ref.ids)}, layers={L}, mode=faithful, generated=none)")
+
+    v.controls["prompt"].value = "a blue square"
+    np.testing.assert_allclose(v.p_boi, probes.boi_trace(model, "a blue square").p_final, rtol=1e-6)
+    assert repr(v).startswith("BoiExplorer(tokens=4,")
+
+    v.controls["mode"].value = "strict"
+    v.widget.children                                        # the widget exists; the button drives generate
+    v.controls["generate"].click()
+    expected = model.generate("a blue square", max_new_tokens=5, max_images=2, processor_mode="strict",
+                              num_inference_steps=1)
+    assert v.result is not None and v.result.text == expected.text
+    assert repr(v) == (f"BoiExplorer(tokens=4, layers={L}, mode=strict, generated=5 tokens, "
+                       f"{len(expected.images)} images (strict))")
+    assert v._repr_mimebundle_()["image/png"].startswith(PNG_MAGIC)
+
+    v.controls["prompt"].value = "   "                       # an empty prompt keeps the last good one
+    assert v.prompt == "a blue square" and v.error
+
+
+# --------------------------------------------------------------------------- diffusion
+
+def test_diffusion_scrubber_has_one_frame_per_step(model):
+    v = V.diffusion_scrubber(model, "a red circle", num_inference_steps=2)
+    check_bundle(v, "DiffusionScrubber(steps=2, step=1, image=64x64, x0=yes)")
+    assert v.n_steps == 2 and len(v.decoded) == len(v.x0) == len(v.latents) == 2
+    assert v.controls["step"].max == 1
+    final = np.asarray(v.image).astype(int)
+    assert np.abs(v.decoded[-1].astype(int) - final).max() <= 1        # batch decode vs the pipeline's
+    np.testing.assert_array_equal(v.x0[-1], v.decoded[-1])            # last sigma is 0: x0 = the latents
+    png = v.png()
+    v.controls["step"].value = 0
+    assert repr(v).startswith("DiffusionScrubber(steps=2, step=0,") and v.png() != png
+    np.testing.assert_array_equal(np.asarray(image_arrays(v.figure(), 0)[0]), v.decoded[0])
+
+
+def test_diffusion_scrubber_from_a_trace(model, image_trace):
+    t, res = image_trace
+    v = V.diffusion_scrubber(model, trace=t)
+    assert v.n_steps == 2
+    torch.testing.assert_close(v.latents[1], t["detok.step.1.latents"][0])
+    assert np.abs(v.decoded[-1].astype(int) - np.asarray(res.image).astype(int)).max() <= 1
+
+
+# --------------------------------------------------------------------------- display plumbing
+
+def test_live_widget_view_when_a_frontend_is_connected(monkeypatch, wide):
+    v = V.tiling_viewer(wide, base=64)
+    monkeypatch.setattr(V, "FRONTEND", True)
+    data = v._repr_mimebundle_()
+    assert set(data) == {"text/plain", "image/png", V.WIDGET_MIME}
+    assert data[V.WIDGET_MIME]["model_id"] == v.widget.model_id
+    v.set(grid="1x1")                                        # a live front end gets the new picture at once
+    assert bytes(v._picture.value) == v.png() and v.png().startswith(PNG_MAGIC)
+    assert v._repr_mimebundle_(exclude={V.WIDGET_MIME}).keys() == {"text/plain", "image/png"}
+
+
+def test_widget_picture_catches_up_without_a_frontend(wide):
+    v = V.tiling_viewer(wide, base=64)
+    w = v.widget
+    v.set(grid="4x1")
+    assert v.widget is w and bytes(v._picture.value) == v.png()
+
+
+def test_no_pyplot_figures_and_stable_text(model, wide):
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    before = set(plt.get_fignums())
+    a = V.tiling_viewer(wide, base=64)
+    b = V.tiling_viewer(wide, base=64)
+    assert isinstance(a.figure(), Figure) and a.png() and b.png()
+    assert repr(a) == repr(b)
+    assert set(plt.get_fignums()) == before
+    with pytest.raises(KeyError, match="no control"):
+        a.set(nope=1)
