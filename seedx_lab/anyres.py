@@ -18,6 +18,7 @@ into ``base x base`` tiles in row-major order and appends a plain resize of the 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,23 +120,51 @@ def to_pil_rgb(image) -> Image.Image:
 
     Accepts a path, a PIL image of any mode (RGBA/LA/P composited on white, L, I;16, I, F, CMYK),
     a numpy array or torch tensor in HWC or CHW layout, uint8 (0..255) or float (0..1).
+
+    * A file is turned upright by its EXIF orientation (so is a PIL image just opened from a file,
+      untouched). Of an animated file (GIF, APNG, WebP …) the first frame is used and a
+      ``UserWarning`` names the file and its number of frames; an animated PIL image uses its
+      current frame, also with a warning.
+    * Layout of arrays: a numpy array is read as HWC when its last axis can be channels (1, 3 or 4),
+      else as CHW; a torch tensor the other way round (CHW first, as torchvision), so a
+      ``[3, H, 4]`` tensor is a 3-channel image of width 4. Tensors of any float dtype (bf16 too)
+      and on any device are accepted.
+    * A user mistake raises ``FileNotFoundError`` (missing path) or ``ValueError`` naming the input
+      and what is wrong (unreadable or truncated file, bad shape, dtype or value range, zero side).
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.exists():
             raise FileNotFoundError(f"image file not found: {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image file")
         try:
             with Image.open(path) as im:
+                n_frames = getattr(im, "n_frames", 1)
+                im.seek(0)
                 im.load()
-                image = im.copy() if getattr(im, "n_frames", 1) == 1 else _first_frame(im)
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"{path} is not a readable image: {e}") from None
-        from PIL import ImageOps
-        image = ImageOps.exif_transpose(image)
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+                image = im.copy()
+                exif = im.getexif()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{path} is not a readable image (truncated, corrupt or not an image): {e}") from None
+        if n_frames > 1:
+            warnings.warn(f"{path} is animated ({n_frames} frames): only the first frame is used",
+                          UserWarning, stacklevel=2)
+        image = _exif_upright(image, exif)
+    elif isinstance(image, Image.Image) and image.format and getattr(image, "filename", ""):
+        # a PIL image straight from Image.open: treat it as its file would be treated
+        if getattr(image, "n_frames", 1) > 1:
+            warnings.warn(f"{image.filename} is animated ({image.n_frames} frames): frame {image.tell()} "
+                          "(the current one) is used", UserWarning, stacklevel=2)
+        image = _exif_upright(image, image.getexif())
+    from_tensor = isinstance(image, torch.Tensor)
+    if from_tensor:
+        t = image.detach()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()                                   # bf16, fp8 …: numpy has no such dtype
+        image = t.cpu().numpy()
     if isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
+        image = _array_to_pil(image, prefer_chw=from_tensor)
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
@@ -143,9 +172,16 @@ def to_pil_rgb(image) -> Image.Image:
     return _mode_to_rgb(image)
 
 
-def _first_frame(im: Image.Image) -> Image.Image:
-    im.seek(0)
-    return im.copy()
+def _exif_upright(image: Image.Image, exif) -> Image.Image:
+    """Apply an EXIF orientation other than 1 (the image is transposed, the tag dropped)."""
+    if exif is None or exif.get(274, 1) in (1, None):
+        return image
+    from PIL import ImageOps
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as e:                                  # a malformed EXIF block
+        warnings.warn(f"ignoring an unusable EXIF orientation ({e})", UserWarning, stacklevel=3)
+        return image
 
 
 def _mode_to_rgb(im: Image.Image) -> Image.Image:
@@ -162,15 +198,19 @@ def _mode_to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"cannot convert a PIL image of mode {im.mode!r} to RGB: {e}") from None
 
 
-def _array_to_pil(a: np.ndarray) -> Image.Image:
+def _array_to_pil(a: np.ndarray, prefer_chw: bool = False) -> Image.Image:
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3:
         raise ValueError(f"an image array must be HW, HWC or CHW, got shape {tuple(a.shape)}")
-    if a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+    chw = a.shape[0] in (1, 3, 4) and (prefer_chw or a.shape[-1] not in (1, 3, 4))
+    if chw:
         a = np.moveaxis(a, 0, -1)           # CHW -> HWC
     if a.shape[-1] not in (1, 3, 4):
         raise ValueError(f"cannot tell the channel axis of an image array of shape {tuple(a.shape)}")

@@ -251,8 +251,10 @@ class DetokenizerConfig:
         unet = dict(
             SDXL_UNET_CONFIG,
             sample_size=16,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            # cross-attention at both resolutions: the tiny UNet must learn *where* things go from the
+            # condition alone, and it has little training time to do it
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             block_out_channels=(32, 64),
             layers_per_block=1,
             attention_head_dim=(2, 4),  # head counts, head width 16

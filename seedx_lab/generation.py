@@ -185,13 +185,15 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
         token_ids: the special-token ids; its first ``num_img_gen_tokens`` image tokens are used.
         record: append a :class:`Decision` per (call, row) to ``self.decisions``.
         max_length: total sequence length ``generate`` stops at; enables the budget rule.
+        inplace: write into the given scores and return them (as the published processor does)
+            instead of returning a new tensor; saves one copy of ``[batch, vocab]`` per call.
 
-    Returns a new scores tensor; the input is not modified.
+    Returns a new scores tensor and leaves the input as it was, unless ``inplace``.
     """
 
     def __init__(self, tokenizer=None, num_img_gen_tokens: int = NUM_IMG_TOKENS, mode: str = "faithful",
                  token_ids: ImageTokenIds | None = None, record: bool = False,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, inplace: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
@@ -210,6 +212,7 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
             raise ValueError("<img>, </img> and the image tokens must be distinct non-negative ids")
         self.record = record
         self.max_length = max_length
+        self.inplace = bool(inplace)
         self.decisions: list[Decision] = []
         self.step = 0                                # calls so far
         self._forced_cpu = torch.tensor(self.forced_ids, dtype=torch.long)
@@ -289,15 +292,20 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
             raise ValueError(f"input_ids has {input_ids.shape[0]} rows but scores has {scores.shape[0]}")
         input_ids = input_ids.to(scores.device)
         st = self.states(input_ids)
-        B, V = scores.shape
         strict = self.mode == "strict"
         forced_row = st.state != OUTSIDE                             # [B]
         outside = ~forced_row
-        blocked = self._blocked_mask(V, scores.device)               # [V]
+        if self.record:                                              # reads the unprocessed scores
+            self._record(scores, st, self._blocked_mask(scores.shape[1], scores.device))
+        # Only the [B, n+1] blocked columns and one column per row are written; the one pass over
+        # the whole [B, V] tensor is the row max (and the copy, unless inplace).
+        row_max = scores.amax(dim=-1, keepdim=True)                  # [B, 1] of the unprocessed rows
+        out = scores if self.inplace else scores.clone()
 
         # outside: blocked tokens -> 0.0 (faithful) or -inf (strict)
         ban = float("-inf") if strict else 0.0
-        out = scores.masked_fill(outside[:, None] & blocked[None, :], ban)   # [B, V], a new tensor
+        cols = self._forced(scores.device)[1:]                       # [n+1] <img_00000> ... </img>
+        out[:, cols] = out[:, cols].masked_fill(outside[:, None], ban)
 
         # budget: a block that starts now must fit before max_length
         remaining = None if self.max_length is None else self.max_length - input_ids.shape[1]
@@ -307,23 +315,21 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
 
         # forced rows: forced token <- max(unprocessed row) + 10; strict: everything else -inf
         if strict:
-            out = out.masked_fill(forced_row[:, None], float("-inf"))
+            out.masked_fill_(forced_row[:, None], float("-inf"))
         col = st.forced_id.clamp(min=0)[:, None]                     # [B, 1] (outside rows: any column)
-        row_max = scores.amax(dim=-1, keepdim=True)                  # [B, 1], scores' dtype
         value = torch.where(forced_row[:, None], row_max + FORCE_MARGIN, out.gather(1, col))
-        out = out.scatter(1, col, value)
+        out.scatter_(1, col, value)
 
         if remaining is not None:
-            self._warn_budget(st, remaining, short, outside & (out.argmax(dim=-1) == self.token_ids.boi))
-        if self.record:
-            self._record(scores, st, blocked)
+            self._warn_budget(st, remaining, short, outside, out)
         self.step += 1
         return out
 
-    def _warn_budget(self, st: BlockState, remaining: int, short: bool, boi_wins: torch.Tensor) -> None:
+    def _warn_budget(self, st: BlockState, remaining: int, short: bool, outside: torch.Tensor,
+                     out: torch.Tensor) -> None:
         """Warn when a block would be cut: faithful mode and a row outside a block whose top score is <img>."""
         msgs = []
-        if short and self.mode == "faithful" and bool(boi_wins.any()):
+        if short and self.mode == "faithful" and bool((outside & (out.argmax(dim=-1) == self.token_ids.boi)).any()):
             msgs.append(f"only {remaining} token(s) left before max_length={self.max_length}, fewer than the "
                         f"{self.block_length} a whole <img> block needs; faithful mode still lets <img> start, "
                         "so an image block may be cut off (mode='strict' bans <img> here)")

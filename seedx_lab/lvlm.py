@@ -306,6 +306,7 @@ class ContinuousLVLM(nn.Module):
         device = input_ids.device
         mask = attention_mask.to(device=device, dtype=torch.long) if attention_mask is not None \
             else torch.ones_like(input_ids)
+        self.check_prompt_fits(input_ids, max_new_tokens, mask)
         if logits_processor is None:
             logits_processor = [AutoImageTokenGenerationProcessor(token_ids=self.token_ids,
                                                                   num_img_gen_tokens=self.num_img_tokens,
@@ -327,12 +328,10 @@ class ContinuousLVLM(nn.Module):
         cache = DynamicCache()
         embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **_cache_kw(self.llm, cache),
                        use_cache=True, output_hidden_states=True)
         logits = out.logits[:, -1].float()                                          # [B, V]
         next_pos = positions[:, -1] + 1                                             # [B]
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         seq = input_ids
         fed_hidden: list[torch.Tensor] = []                                         # [B, L, D] per chunk
         fed_valid: list[torch.Tensor] = []                                          # [B, L] bool per chunk
@@ -373,7 +372,7 @@ class ContinuousLVLM(nn.Module):
             pos = next_pos[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
             mask = torch.cat([mask, valid.long()], dim=1)
             out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(ids), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True, output_hidden_states=True)
+                           **_cache_kw(self.llm, cache), use_cache=True, output_hidden_states=True)
             last_idx = torch.tensor([max(len(c) - 1, 0) for c in chunk], device=device)
             logits = out.logits[torch.arange(B, device=device), last_idx].float()
             next_pos = next_pos + valid.long().sum(-1)
@@ -387,6 +386,33 @@ class ContinuousLVLM(nn.Module):
                 if count[b] >= max_new_tokens or (eos_token_id is not None and eos_token_id in c):
                     done[b] = True
         return self._collect(seq, T, fed_hidden, fed_valid, pad_token_id)
+
+    def check_prompt_fits(self, input_ids: torch.Tensor, max_new_tokens: int, attention_mask=None) -> None:
+        """``ValueError`` unless ``max_new_tokens`` is an int >= 1 and the prompt ``[B, T]`` (image tokens
+        included, padding not) plus ``max_new_tokens`` fits the LLM's ``max_position_embeddings``; the
+        message gives both numbers. :meth:`generate` calls it first; callers may call it before costly
+        work (e.g. running the ViT)."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+        ctx = getattr(self.llm.config, "max_position_embeddings", None)
+        if not ctx:
+            return
+        lengths = mask.sum(-1)                                                     # real tokens per row
+        b = int(lengths.argmax())
+        n = int(lengths[b])
+        if n + max_new_tokens <= ctx:
+            return
+        t = self.token_ids
+        block_ids = torch.tensor([t.boi, t.eoi, t.bop, t.eop, *t.img], device=input_ids.device)
+        n_img = int((torch.isin(input_ids[b], block_ids) & mask[b].bool()).sum())
+        what = f"the prompt is {n} tokens long ({n_img} of them in image blocks, {n - n_img} text)"
+        if n > ctx:
+            raise ValueError(f"{what}, longer than the model's context of {ctx} positions "
+                             "(max_position_embeddings); shorten the text or pass fewer / smaller images")
+        raise ValueError(f"{what}; with max_new_tokens={max_new_tokens} it needs {n + max_new_tokens} positions, "
+                         f"more than the model's context of {ctx} (max_position_embeddings); lower max_new_tokens "
+                         f"to at most {ctx - n} or shorten the prompt")
 
     def _pick(self, logits, seq, processors, do_sample, temperature, top_p, generator):
         scores = logits
@@ -443,6 +469,14 @@ class ContinuousLVLM(nn.Module):
             images.append(row_imgs)
             cut.append(row_cut)
         return GenerateOutput(sequences, T, hidden, images, cut)
+
+
+def _cache_kw(llm, cache) -> dict:
+    """transformers 5.2x names the KV cache argument ``cache`` (``past_key_values`` is deprecated)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _left_pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,6 +30,7 @@ from .vit import ViTConfig, VisionTransformer
 
 DATA_DIR = Path(os.environ.get("SEEDX_LAB_DATA", Path(__file__).resolve().parent.parent / "data"))
 DESCRIBE_QUESTION = "describe the image ."
+_UNCHECKED = object()          # comprehension_inputs: no max_new_tokens to check
 
 
 @dataclass
@@ -56,13 +60,29 @@ class SeedXConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SeedXConfig":
+    def from_dict(cls, d: dict, strict: bool = False) -> "SeedXConfig":
+        """Inverse of :meth:`to_dict`. ``strict``: every field must be present, as :meth:`SeedX.save` writes
+        them all — a missing one is an error naming it (``llm.hidden_size``), never a silent default
+        (the defaults are the published sizes)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object / dict, got {type(d).__name__}")
         d = dict(d)
+        for key in ("vit", "llm", "detok"):
+            if key not in d:
+                raise ValueError(f"config is missing the field {key!r}")
+            if not isinstance(d[key], dict):
+                raise ValueError(f"config field {key!r} must be an object, got {type(d[key]).__name__}")
+        if strict:
+            missing = [f.name for f in fields(cls) if f.name not in d]
+            for key, sub in (("vit", ViTConfig), ("llm", LLMConfig), ("detok", DetokenizerConfig)):
+                missing += [f"{key}.{f.name}" for f in fields(sub) if f.name not in d[key]]
+            if missing:
+                raise ValueError(f"config is missing the field(s) {', '.join(missing)}")
         try:
             vit, llm, detok = ViTConfig(**d.pop("vit")), LLMConfig(**d.pop("llm")), DetokenizerConfig.from_dict(d.pop("detok"))
-        except (KeyError, TypeError) as e:
+            return cls(vit=vit, llm=llm, detok=detok, **d)
+        except TypeError as e:
             raise ValueError(f"config is missing or has an unknown field: {e}") from None
-        return cls(vit=vit, llm=llm, detok=detok, **d)
 
 
 @dataclass
@@ -137,16 +157,48 @@ class SeedX(nn.Module):
     def image_prompt(self, n_views: int) -> str:
         return T.comprehension_prompt(n_views, self.lvlm.num_img_tokens)
 
+    def _check_user_text(self, text, what: str, allow_empty: bool = False, allow_markers: bool = True,
+                         allow_trailing_boi: bool = False) -> str:
+        """``text`` as typed by a user: a string, not empty (unless allowed), without special-token text."""
+        text = _check_text(text, what, allow_empty=allow_empty)
+        body = text
+        if allow_trailing_boi and body.rstrip().endswith(T.BOI_TOKEN):
+            body = body.rstrip()[: -len(T.BOI_TOKEN)]
+        tok = self.tokenizer
+        extra = [t for t in (tok.bos_token, tok.eos_token, tok.pad_token) if isinstance(t, str) and t]
+        if not allow_markers:
+            extra += list(T.INSTRUCTION_MARKERS)
+        found = T.special_token_text(body, extra)
+        if found:
+            where = " (only a trailing <img> is allowed here)" if allow_trailing_boi else ""
+            raise ValueError(f"{what} contains special-token text {found[0]!r}"
+                             f"{' (and ' + ', '.join(map(repr, found[1:])) + ')' if found[1:] else ''}{where}: "
+                             "it would be read as an image-block or control token, not as words; remove it "
+                             "(to show the model an image, pass the image itself)")
+        return text
+
     # ------------------------------------------------------------------ tasks
 
     @torch.no_grad()
     def generate_image(self, caption: str, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                        seed: int | None = 0, processor_mode: str = "faithful", **generate_kwargs) -> ImageResult:
-        """Caption -> image, the published way: the prompt ends in ``<img>``, the block is forced."""
-        caption = _check_text(caption, "caption")
+        """Caption -> image, the published way: the prompt ends in ``<img>``, the block is forced.
+
+        ``caption`` is plain text: special-token text typed in it (``<img>``, ``</img>``, ``<patch>``,
+        ``<img_00012>``, ``</s>`` …) is refused with a ``ValueError`` naming the token, since it would be
+        read as a token and break the block. The instruction markers ``[INST]``/``[/INST]`` are allowed.
+        ``max_new_tokens`` is always 65 (64 image tokens and ``</img>``), enough by construction; a caption
+        too long for the model's context leaves no room for them and is refused (``ValueError`` with both
+        numbers)."""
+        caption = self._check_user_text(caption, "caption")
         prompt = T.generation_prompt(caption)
         ids = torch.tensor([self.encode_ids(prompt)], device=self.device)
-        out = self.lvlm.generate(ids, max_new_tokens=self.lvlm.num_img_tokens + 1, processor_mode=processor_mode,
+        ctx, need = self.config.llm.max_position_embeddings, self.lvlm.num_img_tokens + 1
+        if ids.shape[1] + need > ctx:
+            raise ValueError(f"the caption makes a prompt of {ids.shape[1]} tokens; with the {need} tokens of the "
+                             f"image block that is {ids.shape[1] + need}, more than the model's context of {ctx} "
+                             f"(max_position_embeddings): shorten the caption by {ids.shape[1] + need - ctx} token(s)")
+        out = self.lvlm.generate(ids, max_new_tokens=need, processor_mode=processor_mode,
                                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                                  **generate_kwargs)
         if not out.images[0]:
@@ -158,7 +210,18 @@ class SeedX(nn.Module):
     @torch.no_grad()
     def draw(self, features: torch.Tensor, num_inference_steps: int | None = None, guidance_scale: float | None = None,
              seed: int | None = 0, callback=None):
-        """De-tokenize ``[64, vit_dim]`` (or ``[B, 64, vit_dim]``) features into PIL image(s)."""
+        """De-tokenize ``[64, vit_dim]`` (or ``[B, 64, vit_dim]``) features into PIL image(s).
+
+        ``num_inference_steps``: a positive int, or None for the config's."""
+        want = self.detok.config.embedding_dim
+        if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3) or features.shape[-1] != want \
+                or features.shape[-2] < 1:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"draw needs features [tokens, {want}] or [batch, tokens, {want}] "
+                             f"(the output resampler's), got {got}")
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
+                                                or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive int or None, got {num_inference_steps!r}")
         batched = features.dim() == 3
         g = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         imgs = self.detok.sample(features if batched else features[None],
@@ -169,21 +232,34 @@ class SeedX(nn.Module):
 
     @torch.no_grad()
     def describe(self, image, question: str = DESCRIBE_QUESTION, max_new_tokens: int = 24) -> str:
-        """Image -> text, as SEED-X-I: ``[INST] {tiles and global view}{question} [/INST]``."""
-        ids, feats, pos, cmp = self.comprehension_inputs(image, question)
+        """Image -> text, as SEED-X-I: ``[INST] {tiles and global view}{question} [/INST]``.
+
+        ``image``: anything :func:`seedx_lab.anyres.to_pil_rgb` takes (bad input: ``FileNotFoundError`` /
+        ``ValueError`` naming it). ``question`` is plain text: special-token text in it (``<img>``,
+        ``<patch>``, ``<img_00012>``, ``</s>`` …) and the markers ``[INST]``/``[/INST]`` (this method writes
+        the template itself) are refused with a ``ValueError`` naming the token; it may be empty. Decoding
+        runs the strict processor, whose budget rule never lets an image block start that
+        ``max_new_tokens`` could not finish."""
+        ids, feats, pos, cmp = self.comprehension_inputs(image, question, max_new_tokens=max_new_tokens)
         out = self.lvlm.generate(ids, image_features=feats, ids_cmp_mask=cmp, patch_positions=pos,
                                  max_new_tokens=max_new_tokens, processor_mode="strict",
                                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         return self.decode(out.new_tokens[0])
 
-    def comprehension_inputs(self, image, question: str = DESCRIBE_QUESTION):
-        """Prompt ids ``[1, T]``, ViT features, positions and ``ids_cmp_mask`` for one image + question."""
-        feats, pos, tiles = self.encode_image(image)
-        prompt = T.instruction_prompt(" " + _check_text(question, "question", allow_empty=True),
-                                      self.image_prompt(len(tiles)))
+    def comprehension_inputs(self, image, question: str = DESCRIBE_QUESTION, max_new_tokens=_UNCHECKED):
+        """Prompt ids ``[1, T]``, ViT features, positions and ``ids_cmp_mask`` for one image + question.
+
+        Given ``max_new_tokens``, it and the prompt's fit in the context are checked before the ViT runs."""
+        question = self._check_user_text(question, "question", allow_empty=True, allow_markers=False)
+        tiles = tile_image(image, base=self.config.tile_size, device=self.device, dtype=self.dtype)
+        prompt = T.instruction_prompt(" " + question, self.image_prompt(len(tiles)))
         ids = torch.tensor([self.encode_ids(prompt)], device=self.device)
+        if max_new_tokens is not _UNCHECKED:
+            self.lvlm.check_prompt_fits(ids, max_new_tokens)
         cmp, _ = block_masks(ids, self.token_ids, [[False] * len(tiles)])
-        return ids, feats, pos, cmp
+        with torch.no_grad():
+            feats = self.vit(tiles.pixels)
+        return ids, feats, tiles.positions, cmp
 
     @torch.no_grad()
     def generate(self, prompt: str, images=None, max_new_tokens: int = 200, max_images: int = 4,
@@ -191,18 +267,39 @@ class SeedX(nn.Module):
                  **generate_kwargs) -> InterleavedResult:
         """Continue ``prompt`` with text and images; an image starts only where the model predicts ``<img>``.
 
-        ``images``: optional input images, each shown to the model (tiles + global view) before the text.
+        ``images``: optional input images, each shown to the model (tiles + global view) before the text:
+        a list of anything :func:`seedx_lab.anyres.to_pil_rgb` takes, or one such image (a path, a PIL
+        image, or an array / tensor of at most 3 dims; a 4-D array or tensor is a list of CHW/HWC images).
         At most ``max_images`` images are drawn; generation stops after that many blocks.
+
+        ``prompt`` is plain text (the ``[INST]``/``[/INST]`` markers are allowed) and may end in ``<img>``:
+        the model then draws an image at once (``max_new_tokens`` must then be at least 65 to finish it).
+        Any other special-token text (``</img>``, ``<patch>``, ``<img_00012>``, a ``<img>`` elsewhere,
+        ``</s>`` …) is refused with a ``ValueError`` naming it. It may be empty only when images are given.
+        Prompt (image tokens included) plus ``max_new_tokens`` must fit the model's context.
+        An image block the budget cuts off is not drawn: in the default ``"faithful"`` mode the processor
+        warns when that can happen (it is left in ``output.incomplete_blocks`` and the text keeps its
+        ``<img>``); ``processor_mode="strict"`` never starts a block it cannot finish.
         """
-        prompt = _check_text(prompt, "prompt", allow_empty=images is not None)
+        images = _as_image_list(images)
+        prompt = self._check_user_text(prompt, "prompt", allow_empty=bool(images), allow_trailing_boi=True)
+        if prompt.rstrip().endswith(T.BOI_TOKEN):
+            prompt = prompt.rstrip()
+            need = self.lvlm.num_img_tokens + 1
+            if isinstance(max_new_tokens, int) and max_new_tokens < need:
+                raise ValueError(f"the prompt ends in {T.BOI_TOKEN}, so the image block needs {need} new tokens "
+                                 f"({self.lvlm.num_img_tokens} image tokens and {T.EOI_TOKEN}), but "
+                                 f"max_new_tokens={max_new_tokens}")
         feats = pos = cmp = None
         text = prompt
+        tiled = [tile_image(im, base=self.config.tile_size, device=self.device, dtype=self.dtype) for im in images]
         if images:
-            encoded = [self.encode_image(im) for im in images]
-            text = "".join(self.image_prompt(len(t)) for _, _, t in encoded) + " " + prompt
-            feats = torch.cat([f for f, _, _ in encoded])
-            pos = torch.cat([p for _, p, _ in encoded])
+            text = "".join(self.image_prompt(len(t)) for t in tiled) + " " + prompt
         ids = torch.tensor([self.encode_ids(text)], device=self.device)
+        self.lvlm.check_prompt_fits(ids, max_new_tokens)          # before any ViT work
+        if images:
+            feats = torch.cat([self.vit(t.pixels) for t in tiled])
+            pos = torch.cat([t.positions for t in tiled])
         if images:
             cmp, _ = block_masks(ids, self.token_ids, [[False] * int(feats.shape[0])])
         out = self.lvlm.generate(ids, image_features=feats, ids_cmp_mask=cmp, patch_positions=pos,
@@ -226,26 +323,68 @@ class SeedX(nn.Module):
     # ------------------------------------------------------------------ files
 
     def save(self, directory, extra_files: dict[str, str] | None = None) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer, each atomically."""
+        """Write ``config.json``, ``model.safetensors``, the tokenizer files and ``extra_files``.
+
+        Atomic as a whole: every file is first written under a temporary name (``<name>.tmp``; the
+        tokenizer into a temporary folder) and only once all of them are complete are they renamed over
+        the old ones. If writing fails or is interrupted before that, the temporaries are removed and a
+        checkpoint already in ``directory`` is left exactly as it was."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic(directory / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         cfg = self.config.to_dict()
         cfg["detok"]["vae"] = dict(cfg["detok"]["vae"], scaling_factor=float(self.detok.vae.config.scaling_factor))
-        _atomic(directory / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2)))
-        T.save_tokenizer(self.tokenizer, directory)
-        for name, text in (extra_files or {}).items():
-            _atomic(directory / name, lambda p, t=text: p.write_text(t))
+        staged: list[tuple[Path, Path]] = []
+        tok_dir = None
+        try:
+            staged.append(_stage(directory / "model.safetensors",
+                                 lambda p: save_file(state, str(p), metadata={"format": "pt"})))
+            staged.append(_stage(directory / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2))))
+            tok_dir = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=directory))
+            T.save_tokenizer(self.tokenizer, tok_dir)
+            staged += [(f, directory / f.name) for f in sorted(tok_dir.iterdir()) if f.is_file()]
+            for name, text in (extra_files or {}).items():
+                staged.append(_stage(directory / name, lambda p, t=text: p.write_text(t)))
+            for tmp, final in staged:                       # everything is complete: commit
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)                 # only those not committed still exist
+            if tok_dir is not None:
+                shutil.rmtree(tok_dir, ignore_errors=True)
         return directory
 
 
-def _atomic(path: Path, write) -> None:
+def _stage(path: Path, write) -> tuple[Path, Path]:
+    """Write ``path`` as ``path.tmp`` (removed again if ``write`` fails); return ``(tmp, path)``."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, path
+
+
+def _atomic(path: Path, write) -> None:
+    """Write one file atomically: a temporary file renamed over ``path``; nothing is left on failure."""
+    tmp, _ = _stage(path, write)
     os.replace(tmp, path)
+
+
+def _as_image_list(images) -> list:
+    """``generate``'s ``images``: None -> [], one image -> [image], a list / tuple / 4-D batch -> a list."""
+    if images is None:
+        return []
+    if isinstance(images, (str, Path)) or hasattr(images, "getpixel"):       # a path or a PIL image
+        return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return [images] if images.ndim <= 3 else list(images)
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise ValueError(f"images must be an image or a list of images, got {type(images).__name__}")
 
 
 def _check_text(text, what: str, allow_empty: bool = False) -> str:
@@ -286,15 +425,24 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
         raise ValueError("device_map applies to published SEED-X checkpoints only; "
                          f"{name_or_path!r} is a seedx-lab model (use device=)")
     d = resolve(name_or_path)
+    if not d.is_dir():
+        raise ValueError(f"{d} is a file; a seedx-lab model is a folder with config.json, model.safetensors "
+                         "and tokenizer.json")
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (d / f).is_file():
             raise FileNotFoundError(f"{d} has no {f}")
+    cfg_file = d / "config.json"
     try:
-        cfg = SeedXConfig.from_dict(json.loads((d / "config.json").read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{d / 'config.json'} is not valid JSON: {e}") from None
+        cfg = SeedXConfig.from_dict(json.loads(cfg_file.read_text()), strict=True)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
     tok = T.load_tokenizer(d)
-    model = SeedX(cfg, tok)       # tiny: a real init is cheap and keeps non-persistent buffers right
+    try:
+        model = SeedX(cfg, tok)   # tiny: a real init is cheap and keeps non-persistent buffers right
+    except ValueError as e:       # e.g. a tokenizer larger than llm.vocab_size
+        raise ValueError(f"{d / 'tokenizer.json'} does not fit {cfg_file}: {e}") from None
     try:
         state = load_file(str(d / "model.safetensors"))
     except (SafetensorError, OSError) as e:
@@ -309,6 +457,10 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
            if tuple(state[k].shape) != tuple(v.shape)]
     if bad:
         raise ValueError(f"{d / 'model.safetensors'}: shape mismatch for " + "; ".join(bad[:5]))
+    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+           if state[k].is_floating_point() != v.is_floating_point() or (state[k].dtype == torch.bool) != (v.dtype == torch.bool)]
+    if bad:
+        raise ValueError(f"{d / 'model.safetensors'}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
     model.load_state_dict(state)
     model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)

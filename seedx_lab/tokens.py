@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -117,6 +118,27 @@ def comprehension_prompt(n_tiles: int, num_tokens: int = NUM_IMG_TOKENS) -> str:
 def instruction_prompt(instruction: str, image_tokens: str = "") -> str:
     """SEED-X-I template: ``[INST] {image tokens}{instruction} [/INST]\\n``."""
     return INSTRUCTION_TEMPLATE.format(instruction=image_tokens + instruction)
+
+
+_SPECIAL_TEXT = re.compile(r"</?img>|</?patch>|<img_\d+>")
+
+
+def special_token_text(text: str, extra: Iterable[str] = ()) -> list[str]:
+    """The SEED-X special-token strings typed inside ``text`` (``<img>``, ``</img>``, ``<patch>``,
+    ``</patch>``, ``<img_00012>`` — any number of digits), plus any of the literal strings in
+    ``extra`` (e.g. ``"</s>"``), each once, in order of first appearance.
+
+    The prompt builders use it to refuse user text that would become a (broken) image block.
+    """
+    found = [(m.start(), m.group()) for m in _SPECIAL_TEXT.finditer(text)]
+    for e in extra:
+        if e and e in text:
+            found.append((text.index(e), e))
+    out: list[str] = []
+    for _, t in sorted(found):
+        if t not in out:
+            out.append(t)
+    return out
 
 
 # --------------------------------------------------------------------------- block finder
@@ -233,7 +255,10 @@ def load_tokenizer(directory: str | os.PathLike):
         tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     except (json.JSONDecodeError, Exception) as e:  # a corrupt file surfaces from deep inside tokenizers
         raise ValueError(f"could not read the tokenizer in {directory}: {e}") from e
-    ImageTokenIds.from_tokenizer(tok)  # raises a named error when the special tokens are missing
+    try:
+        ImageTokenIds.from_tokenizer(tok)
+    except ValueError as e:
+        raise ValueError(f"{directory / 'tokenizer.json'}: {e}") from None
     return tok
 
 

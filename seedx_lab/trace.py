@@ -227,6 +227,15 @@ class _Filter:
             self._cache[name] = hit
         return hit
 
+    def may_match(self, prefix: str) -> bool:
+        """False when no name that starts with ``prefix`` can pass: a matching name starts with both
+        ``prefix`` and a pattern's literal head (the text before its first ``*``, ``?`` or ``[``), so
+        one of the two must start with the other. A cheap test before scanning many names."""
+        if self.patterns is None:
+            return True
+        heads = (re.split(r"[*?\[]", p, maxsplit=1)[0] for p in self.patterns)
+        return any(h.startswith(prefix) or prefix.startswith(h) for h in heads)
+
 
 # --------------------------------------------------------------------------- the trace
 
@@ -353,7 +362,8 @@ class Trace:
                 self._hook(attn.hook_attn, f"detok.resampler.attn.{l}")
             self._hook(res.hook_latents, "detok.resampler.latents")
             self._hook(res.unet_attnpool.hook_attn, "detok.resampler.pool_attn")
-            if any(w(f"detok.step.{k}.{f}") for k in range(MAX_STEPS) for f in ("latents", "noise_pred", "timestep")):
+            if w.may_match("detok.step.") and any(w(f"detok.step.{k}.{f}") for k in range(MAX_STEPS)
+                                                  for f in ("latents", "noise_pred", "timestep")):
                 self._wrap_scheduler(st.detok)
 
     def _install_llm(self) -> None:

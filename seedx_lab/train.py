@@ -1,9 +1,10 @@
 """Three-stage training of seedx-tiny on the shape world, as in the SEED-X paper, on a CPU.
 
 Stage a — visual encoder. The ViT is trained *supervised*: (1) every one of its 256 output
-tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, and (2) from the mean
-of its tokens, small heads name the colour and the shape found at each of the five positions
-(none/left/right/top/bottom/centre) of a global view. Why not contrastive with captions? With a
+tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, names the colour and the
+shape of the object that covers the cell (or background) and says where the cell is (x, y); and
+(2) from the mean of its tokens, small heads name the colour and the shape found at each of the
+five positions (left/right/top/bottom/centre) of a global view. Why not contrastive with captions? With a
 few hundred distinct captions a contrastive loss saturates quickly and says nothing about
 *where* things are; the de-tokenizer needs features that keep the picture (the per-cell
 target makes token i stand for cell i, so the published 1-D pooling of 4 consecutive tokens is
@@ -77,9 +78,8 @@ class TrainConfig:
     @classmethod
     def quick_run(cls, **kw) -> "TrainConfig":
         """A few minutes on a CPU: same code path, far fewer steps (losses fall, quality is low)."""
-        base = dict(vit_steps=60, vit_batch=16, vae_steps=40, vae_batch=16, cache_size=256, comprehension_pool=64,
-                    story_pool=64, unet_steps=80,
-                    unet_batch=16, llm_steps=120, llm_batch=8, ckpt_every=50, quick=True,
+        base = dict(vit_steps=40, vit_batch=16, vae_steps=30, vae_batch=16, cache_size=128, comprehension_pool=32,
+                    story_pool=32, unet_steps=60, unet_batch=16, llm_steps=90, llm_batch=8, ckpt_every=50, quick=True,
                     out="runs/seedx-quick/model", work="runs/seedx-quick")
         base.update(kw)
         return cls(**base)
@@ -164,27 +164,56 @@ def position_labels(scene: W.Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return col, shp
 
 
+#: colours that stand for shapes in a shape-coded render (any four well-separated palette colours)
+SHAPE_CODE = {"circle": "red", "square": "green", "triangle": "blue", "star": "yellow"}
+
+
+def _classify(unit: torch.Tensor, palette: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[3, H, W]`` in [0, 1] -> per-cell class ``[grid*grid]``: the palette index most pixels of the cell
+    are nearest to (palette ``[K, 3]`` in [0, 1])."""
+    d = ((unit.permute(1, 2, 0)[:, :, None, :] - palette) ** 2).sum(-1)          # [H, W, K]
+    nearest = F.one_hot(d.argmin(-1), palette.shape[0]).float()                  # [H, W, K]
+    h, w, k = nearest.shape
+    votes = nearest.view(grid, h // grid, grid, w // grid, k).sum((1, 3))        # [grid, grid, K]
+    return votes.argmax(-1).reshape(-1)
+
+
+def cell_labels(scene: W.Scene, image, base: int, view: int):
+    """Colour class (0 = background, 1.. = ``COLOURS``) and shape class (0 = background, 1.. = ``SHAPES``)
+    of each of the 16x16 cells of any-res view ``view`` of ``image``: two ``[256]`` tensors."""
+    colours = torch.tensor([scene.background, *W.COLOURS.values()], dtype=torch.float) / 255
+    coded = W.Scene(scene.width, scene.height, (255, 255, 255),
+                    [W.Obj(o.shape, SHAPE_CODE[o.shape], o.size, o.cx, o.cy) for o in scene.objects])
+    shape_palette = torch.tensor([(255, 255, 255)] + [W.COLOURS[SHAPE_CODE[sh]] for sh in W.SHAPES], dtype=torch.float) / 255
+    col = _classify(image_to_unit(tile_image(image, base=base, normalize=False).images[view]), colours, 16)
+    shp = _classify(image_to_unit(tile_image(W.render(coded), base=base, normalize=False).images[view]), shape_palette, 16)
+    return col, shp
+
+
 def vit_batch(cfg: TrainConfig, step: int, base: int):
-    """Half square caption images (global views, with position labels), half random any-res views."""
-    pix, cells, cols, shps = [], [], [], []
+    """Half square caption images (global views, with position labels), half random any-res views.
+
+    Returns pixels ``[B, 3, base, base]``, cell pixels ``[B, 256, 3*c*c]``, cell colour and shape classes
+    ``[B, 256]`` each, and what-is-where labels ``[B, 5]`` (colour) and ``[B, 5]`` (shape; -100 for tiles).
+    """
+    pix, cells, ccol, cshp, cols, shps = [], [], [], [], [], []
     for i in range(cfg.vit_batch):
         s = _seed_of(cfg, "vit", step, i)
-        if i % 2 == 0:
-            sample = W.caption_image_sample(s)
-            views, scene, k = tile_image(sample.image, base=base), sample.scene, -1
-        else:
-            sample = W.comprehension_sample(s)
-            views, scene = tile_image(sample.image, base=base), sample.scene
-            k = random.Random(s).randrange(len(views))
+        sample = W.caption_image_sample(s) if i % 2 == 0 else W.comprehension_sample(s)
+        views = tile_image(sample.image, base=base)
+        k = len(views) - 1 if i % 2 == 0 else random.Random(s).randrange(len(views))
         pix.append(views.pixels[k])
         cells.append(_cells(image_to_unit(views.images[k]), 16))
-        if k == len(views) - 1 or k == -1:
-            c, h = position_labels(scene)
+        a, b = cell_labels(sample.scene, sample.image, base, k)
+        ccol.append(a)
+        cshp.append(b)
+        if k == len(views) - 1:
+            c, h = position_labels(sample.scene)
         else:                                            # a tile: positions are not defined
             c = h = torch.full((N_POS,), -100, dtype=torch.long)
         cols.append(c)
         shps.append(h)
-    return torch.stack(pix), torch.stack(cells), torch.stack(cols), torch.stack(shps)
+    return tuple(torch.stack(x) for x in (pix, cells, ccol, cshp, cols, shps))
 
 
 def _cells(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -199,14 +228,17 @@ class ViTHeads(nn.Module):
 
     def __init__(self, dim: int, cell_values: int):
         super().__init__()
-        self.cell = nn.Linear(dim, cell_values)
-        self.colour = nn.Linear(dim, N_POS * (len(W.COLOURS) + 1))
-        self.shape = nn.Linear(dim, N_POS * (len(W.SHAPES) + 1))
+        nc, ns = len(W.COLOURS) + 1, len(W.SHAPES) + 1
+        self.cell = nn.Linear(dim, cell_values + nc + ns + 2)      # pixels, colour, shape, (x, y) of each token
+        self.colour = nn.Linear(dim, N_POS * nc)
+        self.shape = nn.Linear(dim, N_POS * ns)
+        self.split = (cell_values, nc, ns, 2)
 
     def forward(self, feats):                           # feats [B, 256, D]
         g = feats.mean(1)
-        return (self.cell(feats), self.colour(g).view(-1, N_POS, len(W.COLOURS) + 1),
-                self.shape(g).view(-1, N_POS, len(W.SHAPES) + 1))
+        pixels, colour, shape, xy = self.cell(feats).split(self.split, dim=-1)
+        return (pixels, colour, shape, xy, self.colour(g).view(-1, N_POS, self.split[1]),
+                self.shape(g).view(-1, N_POS, self.split[2]))
 
 
 # --------------------------------------------------------------------------- stage c sequences
@@ -381,14 +413,21 @@ class Trainer:
         heads = ViTHeads(m.config.vit.output_dim, 3 * (base // 16) ** 2).to(self.device)
         m.vit.train()
 
+        g16 = (torch.arange(16, device=self.device, dtype=torch.float) + 0.5) / 16
+        yy, xx = torch.meshgrid(g16, g16, indexing="ij")
+        where = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)                  # [256, 2] cell centres
+
         def step(i):
-            pix, cells, cols, shps = (t.to(self.device) for t in vit_batch(cfg, i, base))
+            pix, cells, ccol, cshp, cols, shps = (t.to(self.device) for t in vit_batch(cfg, i, base))
             feats = m.vit(pix)
-            cell_pred, col_logits, shp_logits = heads(feats)
-            rec = F.mse_loss(cell_pred, cells)
+            p_pix, p_col, p_shp, p_xy, col_logits, shp_logits = heads(feats)
+            rec = F.mse_loss(p_pix, cells)
+            local = F.cross_entropy(p_col.flatten(0, 1), ccol.flatten()) + \
+                F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten()) + \
+                10 * F.mse_loss(p_xy, where.expand_as(p_xy))
             cls = F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100) + \
                 F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100)
-            return 10 * rec + cls, rec.item(), cls.item()
+            return 10 * rec + local + cls, rec.item(), (local + cls).item()
 
         self._loop("vit", list(m.vit.parameters()) + list(heads.parameters()), cfg.vit_steps, cfg.lr, step)
         m.vit.eval().requires_grad_(False)

@@ -1,0 +1,322 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · When does the model start an image? `<img>` probing and interleaved generation
+#
+# **What this notebook teaches.** In the text-to-image script of SEED-X the prompt already ends in `<img>`,
+# so the image is *given*. But SEED-X can also write stories with pictures in them ("now add a star. Here it
+# is: [picture]"). Then nobody puts `<img>` in the prompt: the model has to **predict** it, like any other
+# token, and the processor of notebook 05 takes over once it has.
+#
+# Can it? During training only one token of each generated image block carries a language-model label: the
+# `<img>` that opens it. So the model is taught *where* pictures go. The synthetic stories of seedx-tiny make
+# this easy to check: a picture always follows one of two trigger phrases (`here it is :` and
+# `it looks like this :`) and nothing else.
+#
+# You will:
+# 1. read P(`<img>` next) at every position of a held-out story, and through the *logit lens* at every layer;
+# 2. test **claim #3** ("BOI is given in the prompt, not predicted") on 20 held-out stories;
+# 3. test **claim #5** (`<img>` itself is never blocked);
+# 4. test **claim #6** ("a second image cannot be started automatically") with interleaved generation;
+# 5. check the opposite mistake: pictures where there should be none (text-only samples);
+# 6. compare the published `0.0` blocking with `-inf` on whole generations.
+
+# %%
+import re
+import textwrap
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+import seedx_lab
+from seedx_lab import evaluate, probes, widgets
+from seedx_lab import generation as G
+from seedx_lab import world as W
+from seedx_lab.tokens import find_image_blocks
+from seedx_lab.train import encode_pieces, story_pieces
+
+warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers deprecation notice, not ours
+torch.manual_seed(0)
+plt.rcParams["figure.dpi"] = 72
+model = seedx_lab.load("seedx-tiny")
+lvlm, tok, tid = model.lvlm, model.tokenizer, model.token_ids
+print("trigger phrases:", W.TRIGGER_PHRASES)
+
+
+def story_ids(segments):
+    """A story as the model reads it in training: text, and a full <img> ... </img> block per picture."""
+    return encode_pieces(model, story_pieces(segments))[0]
+
+
+def free_positions(ids):
+    """Positions whose next token the model chooses itself (not inside a forced image block)."""
+    forced = set()
+    for blk in find_image_blocks(ids, tid):
+        forced.update(range(blk.start, blk.end - 1))
+    return [i for i in range(len(ids) - 1) if i not in forced]
+
+
+# %% [markdown]
+# ## 1. P(`<img>`) along a held-out story
+# `probes.boi_trace` runs the story through the model once and reads, at every position, the probability
+# that the next token is `<img>`: from the final layer, and from every earlier layer through the *logit lens*
+# (apply the final norm and the output head to that layer's residual stream, as if the model stopped there).
+#
+# The 64 image tokens of each picture are folded into one `[picture]` column in the plot below.
+
+# %%
+story = W.story_sample(3, "test")
+ids = story_ids(story.segments)
+bt = probes.boi_trace(model, ids)
+for seg in story.segments:
+    print("  ", seg if isinstance(seg, str) else "[picture: " + W.describe_scene(seg) + "]")
+
+keep = [i for i in range(len(ids)) if ids[i] not in tid.img and ids[i] != tid.boi]
+labels = ["[picture]" if ids[i] == tid.eoi else bt.tokens[i] for i in keep]
+fig, axes = plt.subplots(2, 1, figsize=(12, 4.6), sharex=True, gridspec_kw=dict(height_ratios=[2.2, 1]))
+im = axes[0].imshow(bt.p_lens[:, keep], aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+axes[0].set_yticks(range(len(bt.layer_names)), bt.layer_names, fontsize=8)
+axes[0].set_title("logit lens: P(<img> next), read from each layer", fontsize=10)
+fig.colorbar(im, ax=axes, fraction=0.02)
+axes[1].plot(range(len(keep)), bt.p_final[keep], "o-", ms=3, color="tab:red")
+axes[1].set_ylabel("P(<img>)\nfinal layer")
+axes[1].set_ylim(-0.03, 1.03)
+axes[1].set_xticks(range(len(keep)), labels, rotation=90, fontsize=8)
+plt.show()
+
+# %% [markdown]
+# P(`<img>`) is close to zero everywhere except right after a trigger phrase (the `:`), where it jumps close
+# to one, and the lens shows in which layer the decision appears. The same picture, interactive: edit the
+# prompt in JupyterLab, press *Generate* and see what the model writes under either blocking mode.
+
+# %%
+explorer = widgets.boi_explorer(model, story.segments[0], max_new_tokens=80, max_images=2, num_inference_steps=10)
+explorer
+
+# %% [markdown]
+# ## 2. Claim #3 — is `<img>` given, or predicted?
+# For 20 held-out stories, `evaluate.boi_predictions` reads the story token by token (teacher forcing) and,
+# at every position where the model chooses freely, asks whether its greedy choice after the published
+# processor is `<img>`. Compared with where the story really has a picture this gives precision and recall.
+
+# %%
+N_STORIES = 20
+tp = fp = fn = 0
+after, elsewhere, lens_after, lens_else = [], [], [], []
+for s in range(N_STORIES):
+    segs = W.story_sample(s, "test").segments
+    pred, act = evaluate.boi_predictions(model, segs)
+    tp += sum(p and a for p, a in zip(pred, act))
+    fp += sum(p and not a for p, a in zip(pred, act))
+    fn += sum(a and not p for p, a in zip(pred, act))
+    sid = story_ids(segs)
+    b = probes.boi_trace(model, sid)
+    for i in free_positions(sid):
+        nxt_is_boi = sid[i + 1] == tid.boi
+        (after if nxt_is_boi else elsewhere).append(b.p_final[i])
+        (lens_after if nxt_is_boi else lens_else).append(b.p_lens[:, i])
+precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+after, elsewhere = np.array(after), np.array(elsewhere)
+print(f"pictures in the stories: {tp + fn}; predicted <img> at {tp + fp} positions; hits {tp}")
+print(f"precision {precision:.3f}, recall {recall:.3f}")
+print(f"P(<img>) right after a trigger: mean {after.mean():.3f}, min {after.min():.3f}  ({len(after)} positions)")
+print(f"P(<img>) anywhere else:         mean {elsewhere.mean():.5f}, max {elsewhere.max():.3f}  ({len(elsewhere)} positions)")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+bins = np.logspace(-6, 0, 40)
+axes[0].hist(np.clip(elsewhere, 1e-6, 1), bins=bins, alpha=0.7, label="elsewhere", color="tab:grey")
+axes[0].hist(np.clip(after, 1e-6, 1), bins=bins, alpha=0.8, label="after a trigger", color="tab:red")
+axes[0].set_xscale("log")
+axes[0].set_yscale("log")
+axes[0].set_xlabel("P(<img> next)")
+axes[0].set_ylabel("positions")
+axes[0].legend(fontsize=8)
+axes[0].set_title("20 held-out stories", fontsize=10)
+la, le = np.array(lens_after).mean(0), np.array(lens_else).mean(0)
+axes[1].plot(la, "o-", color="tab:red", label="after a trigger")
+axes[1].plot(le, "o-", color="tab:grey", label="elsewhere")
+axes[1].set_xticks(range(len(bt.layer_names)), bt.layer_names, rotation=30, fontsize=8)
+axes[1].set_ylabel("mean P(<img>)")
+axes[1].set_title("logit lens: where the decision forms", fontsize=10)
+axes[1].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %%
+assert recall >= 0.9 and precision >= 0.9
+assert after.mean() > 0.5 and elsewhere.mean() < 0.05
+print(f"claim #3 is false for a trained SEED-X-style model: <img> is predicted (recall {recall:.2f}, "
+      f"precision {precision:.2f}), not only given in the prompt")
+
+# %% [markdown]
+# ## 3. Claim #5 — `<img>` itself is never blocked
+# The processor blocks `<img_00000> ... <img_00063>` and `</img>` outside a block, but not the opener. We
+# check the list, and we run both modes on real scores: the score of `<img>` comes out untouched.
+
+# %%
+blocked = G.blocked_token_ids(tid, 64)
+print("blocked outside a block:", len(blocked), "tokens:", tok.convert_ids_to_tokens(blocked[:2]), "...",
+      tok.convert_ids_to_tokens(blocked[-2:]))
+print("<img> among them:", tid.boi in blocked)
+text_prefix = torch.tensor([ids[: free_positions(ids)[5] + 1]])
+scores = lvlm(text_prefix)["logits"][:, -1].float()
+for mode in G.MODES:
+    p = G.AutoImageTokenGenerationProcessor(token_ids=tid, mode=mode)
+    out = p(text_prefix, scores)
+    print(f"{mode:>8}: state {G.STATE_NAMES[int(p.states(text_prefix).state[0])]}, <img> score "
+          f"{scores[0, tid.boi].item():.3f} -> {out[0, tid.boi].item():.3f}, "
+          f"<img_00000> score {scores[0, tid.img[0]].item():.3f} -> {out[0, tid.img[0]].item():.3f}")
+
+# %%
+assert tid.boi not in blocked and tid.eoi in blocked and set(tid.img) <= set(blocked)
+for mode in G.MODES:
+    out = G.AutoImageTokenGenerationProcessor(token_ids=tid, mode=mode)(text_prefix, scores)
+    assert out[0, tid.boi] == scores[0, tid.boi]
+print("claim #5 holds: <img> is never blocked, in either mode; the model alone decides when a picture starts")
+
+# %% [markdown]
+# ## 4. Claim #6 — can a second image start automatically?
+# Nothing in the processor stops a second `<img>`: after `</img>` the row is outside a block again and
+# `<img>` is as free as any word. Whether a second picture comes depends on what the model learned. We give
+# it the first step of a drawing lesson and let `probes.interleave` run greedy generation; every `<img>` in
+# the output is the model's own prediction.
+
+# %%
+opening = "let us draw a big red circle on the left . here it is :"
+run = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0)
+print("prompt:", opening)
+print("model: ", run.text)
+print("pictures:", len(run.images), "| P(<img>) at each start:", [round(p, 3) for p in run.p_boi])
+
+parts = run.segments
+fig, axes = plt.subplots(1, len(parts), figsize=(2.3 * len(parts), 2.4))
+for ax, part in zip(np.atleast_1d(axes), parts):
+    ax.axis("off")
+    if isinstance(part, str):
+        ax.text(0, 0.5, textwrap.fill(part, 22), fontsize=9, va="center", family="monospace")
+    else:
+        ax.imshow(part)
+plt.tight_layout()
+plt.show()
+
+# %%
+assert len(run.images) >= 2
+assert all(p > 0.5 for p in run.p_boi)
+print(f"claim #6 is false: the model started {len(run.images)} pictures by itself, each with P(<img>) > 0.5")
+
+# %% [markdown]
+# One lucky prompt is not a measurement. We take the opening of 10 held-out stories (their first text
+# segment, which ends in a trigger phrase) and count the pictures greedy generation produces, without
+# drawing them (`lvlm.generate` stops at the LLM, at most 3 blocks). The story itself had 1 to 3 pictures;
+# the model only sees its first step, so it cannot know how many; the point is whether it goes on after the
+# first picture at all.
+
+# %%
+print(f"{'story':>5} {'in story':>8} {'generated':>9}  continuation (pictures shown as [img])")
+counts = []
+for s in range(10):
+    sm = W.story_sample(s, "test")
+    prompt_ids = torch.tensor([model.encode_ids(sm.segments[0])])
+    o = lvlm.generate(prompt_ids, max_new_tokens=240, max_blocks=3, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    n_gen = len(o.images[0])
+    counts.append((sm.n_images, n_gen))
+    text = model.decode(o.new_tokens[0]).replace("<img> </img>", "[img]")
+    print(f"{s:>5} {sm.n_images:>8} {n_gen:>9}  {text[:80]}")
+more_than_one = sum(g >= 2 for _, g in counts)
+print(f"openings followed by at least one picture: {sum(g >= 1 for _, g in counts)} of 10; "
+      f"by two or more: {more_than_one}")
+
+# %%
+assert all(g >= 1 for _, g in counts)
+assert more_than_one >= 1
+print("after </img> the model is free to open another block, and it does")
+
+# %% [markdown]
+# ## 5. The opposite mistake: pictures in plain text
+# If `<img>` is predicted, it could also be predicted where it does not belong. The text-only samples of the
+# shape world talk about the same shapes and colours but never use a trigger phrase. For 20 of them we check
+# every position while reading (teacher forcing) and a greedy continuation of 16 tokens, as
+# `evaluate.boi_scores` does: does `<img>` ever win?
+
+# %%
+false_boi = []
+for s in range(20):
+    segs = W.text_only_sample(s, "test").segments
+    pred, _ = evaluate.boi_predictions(model, segs)
+    o = lvlm.generate(torch.tensor([model.encode_ids(segs[0])]), max_new_tokens=16,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    false_boi.append(any(pred) or tid.boi in o.new_tokens[0].tolist())
+rate = float(np.mean(false_boi))
+print(f"text-only samples where <img> was emitted: {sum(false_boi)} of 20 (false_boi = {rate:.2f})")
+print("example:", W.text_only_sample(0, "test").segments[0])
+
+# %%
+assert rate <= 0.1
+print("text without a trigger phrase does not make the model start a picture")
+
+# %% [markdown]
+# ## 6. `0.0` against `-inf` on whole generations
+# Notebook 05 showed on single positions that the published `0.0` is not a real ban. Here
+# `probes.compare_blocking` runs greedy generation on 10 prompts (5 text-only samples and 5 story openings)
+# under both modes and counts how often a "blocked" token would have won, how often one was chosen and how
+# many image tokens ended up outside a block.
+
+# %%
+prompts = [W.text_only_sample(s, "test").segments[0] for s in range(5)] + \
+          [W.story_sample(s, "test").segments[0] for s in range(5)]
+cmp = probes.compare_blocking(model, prompts, max_new_tokens=100)
+cols = ["mode", "prompts", "new_tokens", "outside_steps", "would_win", "chose_blocked", "stray_tokens"]
+print(" ".join(f"{c:>13}" for c in cols))
+for row in cmp.table():
+    print(" ".join(f"{row[c]:>13}" for c in cols))
+differ = [k for k in range(len(prompts)) if cmp.outputs["faithful"][k] != cmp.outputs["strict"][k]]
+print("\nprompts where the two modes wrote different text:", differ)
+
+# %% [markdown]
+# Where the two modes differ, it is not because of the `0.0`: it is the *budget rule*. A whole block needs
+# 66 tokens. When fewer than that remain before `max_new_tokens`, the strict processor bans `<img>` (a
+# picture that cannot be finished is not started), while the faithful one lets the block start and it is
+# cut off (notebook 05, claim #8). Below, the 64 image tokens of each block are shortened to `[64 tokens]`.
+
+# %%
+def compact(text):
+    return re.sub(r"(?:\s*<img_\d{5}>)+", lambda m: f" [{m.group(0).count('<img_')} tokens]", text)
+
+
+for k in differ[:1]:
+    print("prompt:  ", prompts[k])
+    for mode in G.MODES:
+        print(f"{mode:>9}:", textwrap.fill(compact(cmp.outputs[mode][k]), 110, subsequent_indent=" " * 11))
+
+# %%
+assert cmp.strict.stray_tokens == 0 and cmp.strict.chose_blocked == 0
+assert cmp.faithful.chose_blocked == cmp.faithful.would_win
+print(f"faithful: a blocked token would have won at {cmp.faithful.would_win} of {cmp.faithful.outside_steps} "
+      "outside steps; on this trained model the 0.0 holds because the text scores stay positive "
+      "(notebook 05), the -inf ban holds by construction")
+
+# %% [markdown]
+# ## Exercises
+# 1. Change one trigger phrase in a story to something close (`here it is .` instead of `here it is :`).
+#    How does P(`<img>`) after it change? Which token of the phrase carries the decision?
+# 2. In section 4, ask for sampling (`probes.interleave(..., do_sample=True, temperature=1.0)`) with a few
+#    seeds. How many pictures do you get on average? Does sampling ever start a picture without a trigger?
+# 3. The logit lens in section 2 shows at which layer P(`<img>`) rises. Is it the same layer for both trigger
+#    phrases? (Hint: split `lens_after` by the phrase that precedes each position.)
+# 4. `evaluate.boi_predictions` applies the published processor. Rerun section 2 with a strict processor:
+#    can the precision and recall change? Why (not)?

@@ -1,0 +1,54 @@
+"""A reduced held-out evaluation of the shipped seedx-tiny, with bounds an untrained model fails."""
+import pytest
+import torch
+
+from seedx_lab import world as W
+from seedx_lab.evaluate import boi_predictions, boi_scores, caption_accuracy, evaluate, image_accuracy
+from seedx_lab.model import load, resolve
+from seedx_lab.train import build_model
+
+SEEDS = list(range(24))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load("seedx-tiny")
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    return build_model(0).eval()
+
+
+def test_shipped_checkpoint_is_small_and_complete():
+    d = resolve("seedx-tiny")
+    total = sum(f.stat().st_size for f in d.iterdir())
+    assert total < 40 * 2 ** 20
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "train_log.csv", "train_config.json"):
+        assert (d / f).is_file(), f
+
+
+def test_boi_predictions_on_a_hand_checked_story(shipped):
+    segments = ["let us draw a big red circle on the left . here it is :", W.caption_image_sample(0).scene, "the end ."]
+    pred, act = boi_predictions(shipped, segments)
+    assert sum(act) == 1                      # exactly one position is followed by <img>
+    assert len(pred) == len(act)
+
+
+def test_reduced_eval_bounds_hold_for_shipped_and_fail_for_untrained(shipped, untrained):
+    cap, _ = caption_accuracy(shipped, SEEDS)
+    img = image_accuracy(shipped, SEEDS, num_inference_steps=15)
+    p, r, f1, false = boi_scores(shipped, SEEDS)
+    assert cap >= 0.6, cap
+    assert img >= 0.35, img
+    assert f1 >= 0.8 and false <= 0.15, (f1, false)
+    # the same bounds reject a model with the same architecture and no training
+    ucap, _ = caption_accuracy(untrained, SEEDS[:8])
+    uimg = image_accuracy(untrained, SEEDS[:8], num_inference_steps=5)
+    _, _, uf1, ufalse = boi_scores(untrained, SEEDS[:8])
+    assert ucap < 0.6 and uimg < 0.35 and not (uf1 >= 0.8 and ufalse <= 0.15)
+
+
+def test_evaluate_rejects_bad_n(shipped):
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        evaluate(shipped, n=0)

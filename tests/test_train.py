@@ -1,0 +1,77 @@
+"""Training helpers of seedx-tiny: data encoding, batching, the stage-a targets, and a micro run."""
+import pytest
+import torch
+
+from seedx_lab import tokens as T
+from seedx_lab import world as W
+from seedx_lab.train import (TrainConfig, Trainer, _cells, caption_pieces, collate, comprehension_pieces,
+                             encode_pieces, position_labels, read_log, story_pieces)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from seedx_lab.train import build_model
+    return build_model(0).eval()
+
+
+def test_cells_are_raster_order_pixel_blocks():
+    x = torch.arange(3 * 8 * 8, dtype=torch.float).view(3, 8, 8)
+    c = _cells(x, 4)                                   # 16 cells of 2x2 pixels
+    assert c.shape == (16, 12)
+    # cell 5 = row 1, col 1 -> pixels rows 2-3, cols 2-3 of every channel
+    want = torch.cat([x[ch, 2:4, 2:4].reshape(-1) for ch in range(3)])
+    assert torch.equal(c[5], want)
+
+
+def test_position_labels_name_what_is_where():
+    scene = W.Scene(64, 64, (250, 250, 250), [W.Obj("star", "blue", "big", 0.2, 0.5), W.Obj("circle", "red", "small", 0.5, 0.15)])
+    col, shp = position_labels(scene)
+    left, top = W.POSITIONS.index("left"), W.POSITIONS.index("top")
+    assert col[left] == list(W.COLOURS).index("blue") + 1 and shp[left] == W.SHAPES.index("star") + 1
+    assert col[top] == list(W.COLOURS).index("red") + 1 and shp[top] == W.SHAPES.index("circle") + 1
+    assert int((col > 0).sum()) == 2
+
+
+def test_encode_pieces_labels_follow_seedx(model):
+    feats = torch.zeros(256, model.config.vit.output_dim)
+    ids, labels, flags, cf, cp, gf = encode_pieces(model, caption_pieces("a red circle on the left .", feats))
+    tid = model.token_ids
+    b, = T.find_image_blocks(ids, tid)
+    assert b.complete and b.n_tokens == 64 and flags == [True] and len(gf) == 1
+    assert labels[b.start] == tid.boi                                    # <img> is a target
+    assert all(l == -100 for l in labels[b.start + 1:b.end])           # image tokens and </img> are not
+    assert labels[-1] == model.tokenizer.eos_token_id and labels[0] == -100
+    # comprehension: the question and the image are context, only the answer is a target
+    views, pos = torch.zeros(3, 256, feats.shape[1]), torch.rand(3, 2)
+    ids, labels, flags, cf, cp, gf = encode_pieces(model, comprehension_pieces(views, pos, "describe the image .", "a red star ."))
+    assert flags == [False] * 3 and len(cf) == 1 and gf == []
+    answer = model.tokenizer.encode("a red star .", add_special_tokens=False)
+    assert [l for l in labels if l != -100] == answer + [model.tokenizer.eos_token_id]
+
+
+def test_collate_masks_match_blocks(model):
+    D = model.config.vit.output_dim
+    exs = [encode_pieces(model, caption_pieces("a red circle .", torch.randn(256, D))),
+           encode_pieces(model, comprehension_pieces(torch.randn(2, 256, D), torch.rand(2, 2), "describe .", "a star .")),
+           encode_pieces(model, story_pieces(W.story_sample(3).segments, None))]
+    b = collate(model, exs)
+    assert b["input_ids"].shape[0] == 3
+    assert int(b["ids_gen_mask"].sum()) == 64 and int(b["ids_cmp_mask"].sum()) == 128   # story blocks carry no target
+    assert b["target_features"].shape == (1, 256, D) and b["image_features"].shape == (2, 256, D)
+    assert (b["labels"][b["attention_mask"] == 0] == -100).all()
+    out = model.lvlm(**b)
+    assert torch.isfinite(out["loss"]) and out["rec"].shape == (1, 64, D)
+
+
+def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path):
+    from seedx_lab.model import load
+    cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), out=str(tmp_path / "m"), vit_steps=3, vae_steps=2,
+                                unet_steps=2, llm_steps=3, cache_size=8, comprehension_pool=2, story_pool=2,
+                                vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1)
+    out = Trainer(cfg, fresh=True, progress=False).run()
+    rows = read_log(tmp_path / "w" / "train_log.csv")
+    assert [r["stage"] for r in rows] == ["vit"] * 3 + ["vae"] * 2 + ["unet"] * 2 + ["llm"] * 3
+    assert all(r["loss"] == r["loss"] for r in rows)                      # no NaN
+    m = load(out)
+    assert m.detok.vae.config.scaling_factor != 1.0                         # calibrated after stage b
+    assert (out / "train_log.csv").exists() and (out / "train_config.json").exists()
