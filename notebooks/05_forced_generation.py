@@ -60,6 +60,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers dep
 warnings.filterwarnings("ignore", category=UserWarning, module=r"seedx_lab\.")
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
+plt.rcParams["image.interpolation"] = "nearest"      # show the real pixels (and keep the notebook small)
 model = seedx_lab.load("seedx-tiny")
 lvlm, tok, tid = model.lvlm, model.tokenizer, model.token_ids
 print("vocabulary:", len(tok), "| <img> =", tid.boi, "| </img> =", tid.eoi,
@@ -273,8 +274,8 @@ mass_strict = strict(torch.ones(len(real), 1, dtype=torch.long), real).softmax(-
 print(f"free positions scored: {len(real)}")
 print(f"a 'blocked' token would win (greedy):      {int(would_win.sum())} of {len(real)} ({would_win.float().mean():.1%})")
 print(f"positions whose unblocked scores are all < 0: {int(all_negative.sum())}")
-print(f"probability left on blocked tokens, faithful: min {mass_faithful.min():.2e}, mean {mass_faithful.mean():.2e}")
-print(f"probability left on blocked tokens, strict:   max {mass_strict.max():.1e}")
+print(f"probability left on blocked tokens, faithful: min {mass_faithful.min():.0e}, mean {mass_faithful.mean():.0e}")
+print(f"probability left on blocked tokens, strict:   max {mass_strict.max():.0e}")
 
 # %% [markdown]
 # On the trained model the best text token almost always scores above zero, so greedy decoding is not

@@ -151,10 +151,15 @@ def to_pil_rgb(image) -> Image.Image:
             warnings.warn(f"{path} is animated ({n_frames} frames): only the first frame is used",
                           UserWarning, stacklevel=2)
         image = _exif_upright(image, exif)
-    elif isinstance(image, Image.Image) and image.format and getattr(image, "filename", ""):
-        # a PIL image straight from Image.open: treat it as its file would be treated
+    elif isinstance(image, Image.Image) and image.format:
+        # a PIL image straight from Image.open (not yet decoded): treat it as its file would be treated
+        name = getattr(image, "filename", "") or f"the {image.format} image"
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{name} is not a readable image (truncated, corrupt or not an image): {e}") from None
         if getattr(image, "n_frames", 1) > 1:
-            warnings.warn(f"{image.filename} is animated ({image.n_frames} frames): frame {image.tell()} "
+            warnings.warn(f"{name} is animated ({image.n_frames} frames): frame {image.tell()} "
                           "(the current one) is used", UserWarning, stacklevel=2)
         image = _exif_upright(image, image.getexif())
     from_tensor = isinstance(image, torch.Tensor)

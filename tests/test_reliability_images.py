@@ -194,6 +194,17 @@ def test_broken_files_name_the_file(tmp_path, name, content):
     raised_by_us(e)
 
 
+def test_an_opened_but_truncated_file_is_named(tmp_path):
+    f = tmp_path / "lazy.png"
+    f.write_bytes(_png_bytes((64, 64))[:6000])
+    im = Image.open(f)                          # PIL reads the header only; decoding fails later
+    with pytest.raises(ValueError, match=r"lazy\.png is not a readable image") as e:
+        A.tile_image(im, base=BASE)
+    raised_by_us(e)
+    with pytest.raises(ValueError, match=r"the PNG image is not a readable image"):
+        A.to_pil_rgb(Image.open(io.BytesIO(f.read_bytes())))
+
+
 def test_a_folder_is_not_an_image(tmp_path):
     with pytest.raises(ValueError, match=rf"{tmp_path.name}.*folder"):
         A.to_pil_rgb(tmp_path)
