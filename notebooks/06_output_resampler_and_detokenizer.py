@@ -247,15 +247,16 @@ scrub.set(step=3)
 scrub
 
 # %% [markdown]
-# All ten steps at once: the top row is what the latents look like, the bottom row what the model
-# currently believes the final picture to be. The picture settles long before the noise is gone.
+# Five of the ten steps side by side: the top row is what the latents look like, the bottom row what the
+# model currently believes the final picture to be. The picture settles long before the noise is gone.
 
 # %%
-fig, axes = plt.subplots(2, scrub.n_steps, figsize=(1.0 * scrub.n_steps, 2.6))
-for k in range(scrub.n_steps):
-    axes[0, k].imshow(scrub.decoded[k])
-    axes[0, k].set_title(f"step {k + 1}\nsigma {scrub.sigmas[k + 1]:.2f}", fontsize=7)
-    axes[1, k].imshow(scrub.x0[k])
+shown = [0, 2, 4, 6, 9]
+fig, axes = plt.subplots(2, len(shown), figsize=(1.2 * len(shown), 2.7))
+for col, k in enumerate(shown):
+    axes[0, col].imshow(scrub.decoded[k])
+    axes[0, col].set_title(f"step {k + 1}\nsigma {scrub.sigmas[k + 1]:.2f}", fontsize=7)
+    axes[1, col].imshow(scrub.x0[k])
 for ax in axes.flat:
     ax.axis("off")
 axes[0, 0].text(-8, 32, "latents", rotation=90, va="center", ha="right", fontsize=8)
@@ -312,7 +313,7 @@ for n in STEPS:
     scores = [J.score_image(im, c.caption) for im, c in zip(imgs, captions)]
     results[n] = {k: float(np.mean([s[k] for s in scores])) for k in KEYS}
     results[n]["attributes"] = float(np.mean([results[n][k] for k in KEYS[:3]]))
-    grid[n] = imgs[:3]
+    grid[n] = imgs[:2]
 truth = [J.score_image(c.image, c.caption)["all"] for c in captions]
 from_true = [J.score_image(im, c.caption) for im, c in
              zip(model.draw(targets, num_inference_steps=25, guidance_scale=3.0, seed=0), captions)]
@@ -327,7 +328,7 @@ print(f"{25:>5} {ref['shape']:>6.2f} {ref['colour']:>7.2f} {ref['position']:>9.2
 print(f"{'':>5} {'':>6} {'':>7} {'':>9} {np.mean(truth):>6.2f}   (judge on the rendered true images)")
 
 # %%
-fig = plt.figure(figsize=(10, 3.4))
+fig = plt.figure(figsize=(9, 3.0))
 ax = fig.add_axes([0.06, 0.15, 0.3, 0.75])
 for k, style in (("attributes", "o-"), ("all", "s-"), ("shape", "^--"), ("colour", "v--"), ("position", "d--")):
     ax.plot(STEPS, [results[n][k] for n in STEPS], style, label="mean of 3" if k == "attributes" else k,
@@ -341,14 +342,14 @@ ax.set_xlabel("Euler steps")
 ax.set_ylabel(f"judge accuracy ({N_CAPTIONS} captions)")
 ax.legend(fontsize=7)
 for i, n in enumerate(STEPS):
-    for j in range(3):
-        a = fig.add_axes([0.42 + 0.145 * i, 0.62 - 0.3 * j, 0.13, 0.27])
+    for j in range(2):
+        a = fig.add_axes([0.42 + 0.145 * i, 0.5 - 0.42 * j, 0.13, 0.38])
         a.imshow(grid[n][j])
         a.axis("off")
         if j == 0:
             a.set_title(f"{n} steps", fontsize=9)
 plt.show()
-print("rows of pictures:", *[c.caption for c in captions[:3]], sep="\n  ")
+print("rows of pictures:", *[c.caption for c in captions[:2]], sep="\n  ")
 
 # %% [markdown]
 # Read the plot with the pictures next to it. After two steps the picture is still part noise; by five
