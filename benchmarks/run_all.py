@@ -58,7 +58,7 @@ def write(results: list[dict], argv: list[str]) -> None:
         "",
         f"- device: CPU only; `nproc` = {os.cpu_count()}; CPU model (`/proc/cpuinfo`): {cpu_model()}",
         f"- torch {torch.__version__}, default threads = {torch.get_num_threads()} (the benchmarks do not change it "
-        "unless `--threads` is given); process niceness {nice}",
+        f"unless `--threads` is given); process niceness {nice}",
         "- load average (1, 5, 15 min) before / after each benchmark is in the table: anything well above 0 "
         "means other work shared the CPU during the measurement",
         "",

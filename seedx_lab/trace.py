@@ -139,6 +139,8 @@ class _Stages:
                 self.lvlm = m
             elif self.detok is None and isinstance(m, Detokenizer):
                 self.detok = m
+            if self.vit is not None and self.lvlm is not None and self.detok is not None:
+                break                      # all found: no need to walk the de-tokenizer's UNet and VAE
         self.llm = self.lvlm.llm if self.lvlm is not None else None
         self.decoder = None
         if self.llm is not None:
@@ -199,8 +201,11 @@ class _Filter:
         if self.patterns is not None:
             if not all(isinstance(p, str) for p in self.patterns):
                 raise TypeError(f"capture must be a list of glob patterns (str), got {capture!r}")
-            everything = _all_names(st)
+            short, everything = _all_names(st, 0), None          # first without the 3,000 diffusion-step names
             for p in self.patterns:
+                if any(fnmatchcase(n, p) for n in short):
+                    continue
+                everything = everything or _all_names(st)
                 if not any(fnmatchcase(n, p) for n in everything):
                     close = difflib.get_close_matches(p, sorted(set(re.sub(r"\.\d+", ".*", n) for n in everything)), 3, 0.5)
                     hint = f"; did you mean {', '.join(close)}?" if close else ""
