@@ -2,31 +2,25 @@
 and check that a widget and an image output rendered. A screenshot is saved under artifacts/."""
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from _servers import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: run the README's test command (make test), which installs it")
-    port, token = _free_port(), "seedx-browser"
+    port, token = free_port(), "seedx-browser"
     # work on a copy so the committed notebook (and its outputs) stay untouched
     work = tmp_path_factory.mktemp("nb")
     shutil.copy(ROOT / "notebooks" / "00_tour.ipynb", work / "00_tour.ipynb")
@@ -47,11 +41,7 @@ def lab(tmp_path_factory):
     else:
         pytest.fail("JupyterLab did not start")
     yield f"http://127.0.0.1:{port}", token
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop(proc)
 
 
 def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab):

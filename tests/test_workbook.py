@@ -1,8 +1,6 @@
 """The workbook itself: the README's lab command starts JupyterLab; notebook pairs are in sync."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -10,15 +8,11 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from _servers import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_readme_opens_with_the_two_commands():
@@ -30,7 +24,7 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_make_lab_starts_jupyterlab_on_notebooks():
-    port = _free_port()
+    port = free_port()
     args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --ServerApp.token=seedx --ServerApp.port_retries=0"
     proc = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -50,11 +44,7 @@ def test_make_lab_starts_jupyterlab_on_notebooks():
         names = {item["name"] for item in listing["content"]}
         assert "00_tour.ipynb" in names or "01_anyres.ipynb" in names   # served from notebooks/
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
 
 
 def _sources(nb):
