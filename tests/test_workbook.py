@@ -1,6 +1,5 @@
 """The workbook itself: the README's lab command starts JupyterLab; notebook pairs are in sync."""
 import json
-import os
 import subprocess
 import time
 import urllib.request
