@@ -139,8 +139,30 @@ def measure_at(batch: int, vocab: int, repeats: int, warmup: int, verbose: bool 
     return res
 
 
+def profile_at(batch: int, vocab: int, calls: int = 20, top: int = 6) -> None:
+    """``torch.profiler`` tables (self CPU time per operator) of the reference and the batched
+    processor: where the time of each goes, and how much of it is reading the rows for their max."""
+    from torch.profiler import ProfilerActivity, profile
+    tid = vocab_ids(text_vocab_for(vocab))
+    ids, scores = mixed_rows(tid, batch), mixed_scores(batch, vocab)
+    forced = forced_block_ids(tid, N_IMG)
+    runs = {"per-row reference": per_row_reference(forced),
+            "batched, inplace=True": AutoImageTokenGenerationProcessor(token_ids=tid, num_img_gen_tokens=N_IMG,
+                                                                       inplace=True)}
+    for name, fn in runs.items():
+        copies = [scores.clone() for _ in range(calls)]
+        fn(ids, scores.clone())                                     # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for c in copies:
+                fn(ids, c)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        print(f"-- profile: {name}, {calls} calls at batch={batch} vocab={vocab}")
+        print(table)
+
+
 def main(argv=None) -> str:
     p = parser(__doc__.splitlines()[0], repeats=51, warmup=5)
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler tables of both versions")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--vocab", type=int, default=TEXT_VOCAB + 330)
     p.add_argument("--small-vocab", type=int, default=TEXT_VOCAB // 128,
@@ -157,6 +179,8 @@ def main(argv=None) -> str:
               + (f"; in place {small['ratio_inplace']:.1f}x" if "ratio_inplace" in small else ""))
         print(f"-- the measurement: vocabulary {args.vocab} (the published size)")
     res = measure_at(args.batch, args.vocab, args.repeats, args.warmup)
+    if args.profile:
+        profile_at(args.batch, args.vocab)
     print(f"per-row / batched = {res['ratio']:.1f}x"
           + (f"; in place {res['ratio_inplace']:.1f}x" if "ratio_inplace" in res else "")
           + f"; upper bound for any version that reads every row once (per-row / amax) = {res['bound_amax']:.1f}x")

@@ -340,7 +340,21 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
         if msgs:
             warnings.warn("; ".join(msgs), UserWarning, stacklevel=3)
 
-    def _record(self, scores: torch.Tensor, st: BlockState, blocked: torch.Tensor) -> None:
+    def record_forced(self, input_ids: torch.Tensor, scores: torch.Tensor, row: int, first_step: int) -> None:
+        """Record the decisions for forced tokens that ``generate`` fed in one pass (its fast path)
+        without calling the processor: ``input_ids`` ``[P, L]`` holds, per forced token, the end of the
+        sequence before it (left-padded with -1; the last ``n + 1`` tokens suffice), ``scores`` ``[P, V]``
+        the logits that predicted it. Decisions get ``row`` and the steps ``first_step … first_step+P-1``
+        (the index of each token among the row's new tokens), so a single-row run records exactly what
+        the step-by-step path records. Scores are not changed; does nothing unless ``record``."""
+        if not self.record or scores.shape[0] == 0:
+            return
+        st = self.states(input_ids.to(scores.device))
+        self._record(scores, st, self._blocked_mask(scores.shape[1], scores.device),
+                     rows=[row] * scores.shape[0], steps=range(first_step, first_step + scores.shape[0]))
+        self.step = max(self.step, first_step + scores.shape[0])
+
+    def _record(self, scores: torch.Tensor, st: BlockState, blocked: torch.Tensor, rows=None, steps=None) -> None:
         forced_row = st.state != OUTSIDE
         s = scores.float()
         p_boi = s.softmax(dim=-1)[:, self.token_ids.boi]                              # [B]
@@ -349,9 +363,11 @@ class AutoImageTokenGenerationProcessor(LogitsProcessor):
         over = torch.where(forced_row, forced_score, blocked_max)
         table = torch.stack([st.state.double(), st.k.double(), st.forced_id.double(),
                              over.double(), p_boi.double()], dim=1).tolist()          # one sync per call
-        for row, (state, k, fid, o, p) in enumerate(table):
+        rows = range(len(table)) if rows is None else rows
+        steps = [self.step] * len(table) if steps is None else steps
+        for row, step, (state, k, fid, o, p) in zip(rows, steps, table):
             forced = state != OUTSIDE
             self.decisions.append(Decision(
-                step=self.step, row=row, state=STATE_NAMES[int(state)],
+                step=step, row=row, state=STATE_NAMES[int(state)],
                 block_index=int(k) if forced else None, forced_id=int(fid) if forced else None,
                 overridden_score=o, p_boi=p))

@@ -288,15 +288,17 @@ class ContinuousLVLM(nn.Module):
 
         ``fast_forced_block``: when a row has just produced ``<img>`` (or its prompt ends in it), the
         whole block ``<img_00000>…<img_00063></img>`` is known in advance, so it is fed in one forward
-        pass over the KV cache instead of 65 decoding steps.
-        ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it. Rows that are not in a block feed their one
-        token in the same pass, padded and masked. The processor is not consulted for the forced
-        tokens on this path (its decisions are only recorded on the step-by-step path).
+        pass over the KV cache instead of 65 decoding steps; when every prompt of the batch ends in
+        ``<img>``, the block rides in the prompt's own pass (one LLM call for caption → image). Rows that
+        are not in a block feed their one token in the same pass, padded and masked. The processors are
+        not asked about the forced tokens on this path, but recording ones (``record=True``, or a trace
+        capturing ``processor.decisions``) are shown the logits that predicted each forced token and log
+        the same decisions as on the step-by-step path (:meth:`record_forced`).
+        ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it.
 
-        Observers in ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace` that captures
-        ``processor.decisions``) get ``on_generate(processors)`` before decoding starts; one whose
-        ``step_by_step`` is True turns ``fast_forced_block`` off, so every forced token passes through
-        the processors.
+        Observers in ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace`) get
+        ``on_generate(processors)`` before decoding starts; one whose ``step_by_step`` is True turns
+        ``fast_forced_block`` off, so every forced token passes through the processors.
         """
         from .generation import AutoImageTokenGenerationProcessor
 
@@ -326,8 +328,21 @@ class ContinuousLVLM(nn.Module):
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        recorders = [p for p in logits_processor if getattr(p, "record", False) and hasattr(p, "record_forced")]
+        # a prompt whose every row ends in <img> gets its forced block in the same pass as the prompt
+        merged = block[:max_new_tokens] if (forced_ok and bool((input_ids[:, -1] == self.token_ids.boi).all())
+                                            and bool(mask[:, -1].all())) else []
+        L0 = len(merged)
+        if not merged:
+            embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
+        if merged:
+            first = torch.tensor(merged, dtype=torch.long, device=device).expand(B, L0)
+            if ids_cmp_mask is not None:
+                ids_cmp_mask = torch.cat([ids_cmp_mask.to(device), torch.zeros_like(first, dtype=torch.bool)], dim=1)
+            embeds = self.embed(torch.cat([input_ids, first], dim=1), image_features, ids_cmp_mask, patch_positions)
+            mask = torch.cat([mask, torch.ones_like(first)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(L0, device=device)], dim=1)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **_cache_kw(self.llm, cache),
                        use_cache=True, output_hidden_states=True)
         logits = out.logits[:, -1].float()                                          # [B, V]
@@ -337,10 +352,21 @@ class ContinuousLVLM(nn.Module):
         fed_valid: list[torch.Tensor] = []                                          # [B, L] bool per chunk
         count = [0] * B                                                             # new tokens per row
         done = [False] * B
-        # a prompt that already ends in <img> gets its forced block at once
-        pending = [list(block) if forced_ok and int(input_ids[b, -1]) == self.token_ids.boi else [] for b in range(B)]
         rows = [r.tolist() for r in input_ids]                                       # real tokens per row
         n_prompt_boi = [r.count(self.token_ids.boi) for r in rows]
+        if merged:
+            fed_hidden.append(out.hidden_states[-1][:, T:])
+            fed_valid.append(torch.ones((B, L0), dtype=torch.bool, device=device))
+            for b in range(B):       # token j of the block was predicted by the logits at T - 1 + j
+                self._record_forced(recorders, rows[b], merged, out.logits[b, T - 1: T - 1 + L0], b, 0,
+                                    capped=max_blocks is not None and max_blocks <= 0)
+                rows[b].extend(merged)
+                count[b] = L0
+                done[b] = count[b] >= max_new_tokens
+            seq = torch.cat([seq, first], dim=1)
+        # (a batch where only some prompts end in <img>: those rows get their block as the first chunk)
+        pending = [list(block) if forced_ok and not merged and int(input_ids[b, -1]) == self.token_ids.boi else []
+                   for b in range(B)]
         ragged = False                                                              # seq holds padding slots
         while not all(done):
             view = seq if not ragged else _left_pad(rows, pad_token_id, device)     # what processors read
@@ -381,11 +407,34 @@ class ContinuousLVLM(nn.Module):
             seq = torch.cat([seq, ids], dim=1)
             ragged = ragged or any(len(c) != L for c in chunk)
             for b, c in enumerate(chunk):
+                if len(c) > 1:       # c[0] was chosen by the processors above; c[1:] were fed unasked
+                    opened = (rows[b] + c).count(self.token_ids.boi) - n_prompt_boi[b]
+                    self._record_forced(recorders, rows[b] + c[:1], c[1:], out.logits[b, : len(c) - 1], b, count[b] + 1,
+                                        capped=max_blocks is not None and opened >= max_blocks)
                 rows[b].extend(c)
                 count[b] += len(c)
                 if count[b] >= max_new_tokens or (eos_token_id is not None and eos_token_id in c):
                     done[b] = True
         return self._collect(seq, T, fed_hidden, fed_valid, pad_token_id)
+
+    def _record_forced(self, recorders, before: list[int], forced: list[int], logits: torch.Tensor, row: int,
+                       first_step: int, capped: bool = False) -> None:
+        """Let recording processors log the decisions for ``forced`` tokens fed in one pass: token j
+        followed ``before + forced[:j]`` and was predicted by ``logits[j]`` (``[len(forced), V]``).
+        ``capped``: the row has used up ``max_blocks``, so ``<img>`` is banned (-inf) as in the loop."""
+        if not recorders or not forced:
+            return
+        logits = logits.float()
+        if capped:
+            logits = logits.clone()
+            logits[:, self.token_ids.boi] = float("-inf")
+        W = self.num_img_tokens + 1                              # the longest tail a processor reads
+        seqs = [(before + forced[:j])[-W:] for j in range(len(forced))]
+        tails = torch.full((len(forced), W), -1, dtype=torch.long, device=logits.device)
+        for j, t in enumerate(seqs):
+            tails[j, W - len(t):] = torch.tensor(t, device=logits.device)
+        for p in recorders:
+            p.record_forced(tails, logits, row, first_step)
 
     def check_prompt_fits(self, input_ids: torch.Tensor, max_new_tokens: int, attention_mask=None) -> None:
         """``ValueError`` unless ``max_new_tokens`` is an int >= 1 and the prompt ``[B, T]`` (image tokens

@@ -290,8 +290,8 @@ def interleave(model, prompt: str, max_images: int = 3, max_new_tokens: int = 24
     """Interleaved text and images where every image starts at the model's own ``<img>`` prediction.
 
     Wraps :meth:`SeedX.generate` (greedy unless ``do_sample=True`` is passed) under a trace of the
-    processor decisions, so generation runs step by step and the step that chose each ``<img>`` is
-    known. At most ``max_images`` images. A prompt ending in ``<img>`` is refused: that first image would
+    processor decisions, so the step that chose each ``<img>`` is known (forced blocks still take one
+    forward pass each). At most ``max_images`` images. A prompt ending in ``<img>`` is refused: that first image would
     be the prompt's doing, not a prediction.
     """
     if not isinstance(prompt, str):

@@ -72,9 +72,10 @@ Generation:
 ``AutoImageTokenGenerationProcessor`` used by ``ContinuousLVLM.generate``:
 ``step, row, state ("outside"/"inside"/"closing"), block_index, forced_id, overridden_score,
 p_boi`` (P(``<img>``) before processing) and ``call`` (which generate call inside this trace).
-Capturing it makes the trace register as a generation observer with ``step_by_step = True``:
-``generate`` then runs its step-by-step path (``fast_forced_block`` off) so every forced token
-passes through the processor and is recorded; greedy results are the same tokens. The
+Capturing it does not slow generation down: on the fast path (one pass per forced block),
+``generate`` shows each recording processor the logits that predicted every forced token, so a
+single-row run records the same decisions, step numbers included, as the step-by-step path
+(``generate(..., fast_forced_block=False)``). The
 processor's ``record`` flag is switched on for the call and restored on exit; decisions the
 trace caused are removed again from a processor that was not recording.
 
@@ -291,7 +292,7 @@ class Trace:
         self._pending_ids: torch.Tensor | None = None
         self._processors: list[list] = []  # [processor, start, end or None, call, was_recording, copy]
         self._generate_calls = 0
-        self.step_by_step = self.wanted("processor.decisions")     # read by ContinuousLVLM.generate
+        self.step_by_step = False          # read by ContinuousLVLM.generate: decisions need no slow path
 
     # ------------------------------------------------------------ context manager
     def __enter__(self) -> "Trace":

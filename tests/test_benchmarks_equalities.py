@@ -135,6 +135,63 @@ def test_fast_path_caption_prompt_as_in_the_benchmark(model):
     assert_same(fast, slow, min_blocks=1)
 
 
+def test_prompts_ending_in_img_take_one_forward_for_prompt_and_block(model):
+    caps = ["a big red circle on the left", "a small green star"]
+    ids, mask = left_padded(model, [c + "<img>" for c in caps])
+    calls = []
+    h = model.lvlm.llm.register_forward_hook(lambda mod, args, out: calls.append(1))
+    try:
+        fast, slow = generate_both(model, ids, mask, lambda: None, max_new_tokens=65)
+    finally:
+        h.remove()
+    assert len(calls) == 1 + (1 + 65)               # fast: 1 pass; step by step: the prompt, then 65 one-token passes
+    assert_same(fast, slow, min_blocks=2)
+    # a batch where only one prompt ends in <img>: that row gets its block as the first chunk
+    ids, mask = left_padded(model, [caps[0] + "<img>", caps[1] + " ."])
+    fast, slow = generate_both(model, ids, mask, lambda: None, max_new_tokens=70)
+    assert_same(fast, slow, min_blocks=1)
+
+
+def decisions_both(m, ids, mask, **kw):
+    out = []
+    for fast in (True, False):
+        p = AutoImageTokenGenerationProcessor(token_ids=m.token_ids, record=True)
+        r = m.lvlm.generate(ids, attention_mask=mask, logits_processor=[p], fast_forced_block=fast,
+                            eos_token_id=m.tokenizer.eos_token_id, pad_token_id=m.tokenizer.pad_token_id, **kw)
+        out.append((r, [d.as_dict() for d in p.decisions]))
+    return out
+
+
+def assert_same_decisions(a, b):
+    key = lambda d: (d["step"], d["row"], d["state"], d["block_index"], d["forced_id"])     # noqa: E731
+    assert [key(d) for d in a] == [key(d) for d in b]
+    for x, y in zip(a, b):
+        assert x["p_boi"] == pytest.approx(y["p_boi"], rel=1e-4, abs=1e-6)
+        assert x["overridden_score"] == pytest.approx(y["overridden_score"], rel=1e-4, abs=1e-4)
+
+
+def test_fast_path_records_the_step_by_step_decisions(model):
+    """A recording processor on the fast path logs, per new token, what the step-by-step path logs."""
+    ids, mask = left_padded(model, ["a big red circle on the left<img>"])
+    (fast, dec_f), (slow, dec_s) = decisions_both(model, ids, mask, max_new_tokens=70)
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert len(dec_s) == fast.new_tokens.shape[1] == 70
+    assert_same_decisions(dec_f, dec_s)
+    assert [d["state"] for d in dec_f[:65]] == ["inside"] * 64 + ["closing"]
+
+
+@pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
+def test_fast_path_records_the_step_by_step_decisions_in_a_story():
+    import seedx_lab
+    m = seedx_lab.load(TRAINED).eval()
+    ids, mask = left_padded(m, STORIES[:1])
+    (fast, dec_f), (slow, dec_s) = decisions_both(m, ids, mask, max_new_tokens=150, max_blocks=2)
+    assert torch.equal(fast.sequences, slow.sequences) and len(fast.images[0]) >= 1   # opened by the model
+    assert len(dec_f) == len(dec_s) == fast.new_tokens.shape[1]
+    assert_same_decisions(dec_f, dec_s)
+    assert sum(d["state"] == "closing" for d in dec_f) == len(fast.images[0])
+
+
 @pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
 def test_fast_path_trained_model_story():
     import seedx_lab

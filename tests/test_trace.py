@@ -28,7 +28,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def image_run(model):
-    """One generate_image run traced with everything (decisions included -> step-by-step path)."""
+    """One generate_image run traced with everything (decisions included; still the one-pass path)."""
     with trace(model) as t:
         r = model.generate_image(CAPTION, num_inference_steps=2)
     return t, r
@@ -79,8 +79,8 @@ def test_generate_image_hidden_states_match_a_full_forward_across_the_kv_cache_l
     seq = r.output.sequences
     T_prompt = r.output.prompt_length
     assert seq.shape[1] == T_prompt + 65
-    # decisions were captured, so generate went step by step: the prompt, then 65 one-token forwards
-    assert [p.shape[1] for p in t.pieces("llm.embed")[0]] == [T_prompt] + [1] * 65
+    # the prompt ends in <img>: prompt and forced block are one forward
+    assert [p.shape[1] for p in t.pieces("llm.embed")[0]] == [T_prompt + 65]
     check_llm_against_full_forward(model, t, seq)
     # the 64 states the output resampler read are the final states at the block's image tokens
     img = r.output.images[0][0]
@@ -88,11 +88,22 @@ def test_generate_image_hidden_states_match_a_full_forward_across_the_kv_cache_l
                                img.hidden, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_forced_block_is_kept_when_decisions_are_not_captured(model):
-    with trace(model, capture=["llm.*"]) as t:
+def test_step_by_step_states_match_a_full_forward_across_the_kv_cache_loop(model):
+    ids = torch.tensor([model.encode_ids(T.generation_prompt(CAPTION))])
+    with trace(model, capture=["llm.*", "processor.decisions"]) as t:
+        out = model.lvlm.generate(ids, max_new_tokens=70, fast_forced_block=False)
+    assert [p.shape[1] for p in t.pieces("llm.embed")[0]] == [ids.shape[1]] + [1] * (out.sequences.shape[1] - ids.shape[1])
+    check_llm_against_full_forward(model, t, out.sequences)
+    assert len(t["processor.decisions"]) == out.sequences.shape[1] - ids.shape[1]
+
+
+@pytest.mark.parametrize("capture", [["llm.*"], ["llm.*", "processor.decisions"]])
+def test_fast_forced_block_is_kept_whatever_is_captured(model, capture):
+    with trace(model, capture=capture) as t:
         r = model.generate_image(CAPTION, num_inference_steps=1)
     seq = r.output.sequences
-    assert [p.shape[1] for p in t.pieces("llm.final")[0]] == [r.output.prompt_length, 65]   # block in one pass
+    # caption -> image is one LLM pass: the prompt (ending in <img>) and its forced block together
+    assert [p.shape[1] for p in t.pieces("llm.final")[0]] == [r.output.prompt_length + 65]
     check_llm_against_full_forward(model, t, seq)
 
 
