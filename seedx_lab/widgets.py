@@ -940,7 +940,8 @@ class DiffusionScrubber(StageView):
 
     ``latents [steps, C, h, w]`` after each step; ``decoded [steps, H, W, 3]`` (uint8) their VAE
     decodings; ``x0 [steps, H, W, 3]`` or None: the decoded clean-latent prediction of each step
-    (Euler, epsilon prediction: ``x0 = latents_after - sigma_next * noise_pred``); ``timesteps [steps]``.
+    (Euler without churn, recovered from the latents after the step and the UNet output, for epsilon
+    and v prediction); ``timesteps [steps]``.
     """
 
     _kind = "DiffusionScrubber"
@@ -1032,11 +1033,20 @@ def diffusion_scrubber(model, caption: str | None = None, num_inference_steps: i
             raise ValueError("the captured timesteps do not match an Euler schedule of this length")
     decoded = _decode(detok, latents)
     x0 = None
-    eps_ok = sched.config.prediction_type == "epsilon" and float(getattr(sched.config, "s_churn", 0.0) or 0.0) == 0.0
-    if eps_ok and all(f"detok.step.{k}.noise_pred" in t for k in steps):
-        eps = torch.stack([_step_tensor(t, f"detok.step.{k}.noise_pred")[0] for k in steps]).float()
-        sig_next = torch.tensor(sigmas[1:], dtype=torch.float32).view(-1, 1, 1, 1)
-        x0 = _decode(detok, latents - sig_next * eps)
+    kind = sched.config.prediction_type
+    ok = kind in ("epsilon", "v_prediction") and float(getattr(sched.config, "s_churn", 0.0) or 0.0) == 0.0
+    if ok and all(f"detok.step.{k}.noise_pred" in t for k in steps):
+        out = torch.stack([_step_tensor(t, f"detok.step.{k}.noise_pred")[0] for k in steps]).double()
+        sig = torch.tensor(sigmas[:-1], dtype=torch.float64).view(-1, 1, 1, 1)
+        nxt = torch.tensor(sigmas[1:], dtype=torch.float64).view(-1, 1, 1, 1)
+        a = latents.double()
+        if kind == "epsilon":            # after = before + (nxt - sig) eps and x0 = before - sig eps
+            pred = a - nxt * out
+        else:                            # v: x0 = c before - sig sqrt(c) v with c = 1 / (sig^2 + 1); solve for before
+            c = 1 / (sig ** 2 + 1)
+            before = (a - (nxt - sig) * c.sqrt() * out) / (1 + (nxt - sig) * sig * c)
+            pred = c * before - sig * c.sqrt() * out
+        x0 = _decode(detok, pred.float())
     return DiffusionScrubber(latents, decoded, x0, timesteps, sigmas, caption, image)
 
 

@@ -289,12 +289,34 @@ def test_float64_end_to_end(feats):
 def test_add_noise_matches_ddpm(tiny):
     from diffusers import DDPMScheduler
 
-    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=SDXL_SCHEDULER_CONFIG["beta_start"],
-                         beta_end=SDXL_SCHEDULER_CONFIG["beta_end"], beta_schedule="scaled_linear")
     g = torch.Generator().manual_seed(0)
     x, n = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
-    t = torch.tensor([0, 500, 999])
-    torch.testing.assert_close(tiny.add_noise(x, n, t), ddpm.add_noise(x, n, t), rtol=1e-5, atol=1e-5)
+    t = torch.tensor([0, 500, 998])
+    for zero_snr, d in ((False, Detokenizer(DetokenizerConfig(scheduler=dict(SDXL_SCHEDULER_CONFIG)), device="meta")),
+                        (True, tiny)):               # SDXL's schedule; seedx-tiny's rescaled one
+        assert d.scheduler.config.rescale_betas_zero_snr == zero_snr
+        ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=SDXL_SCHEDULER_CONFIG["beta_start"],
+                             beta_end=SDXL_SCHEDULER_CONFIG["beta_end"], beta_schedule="scaled_linear",
+                             rescale_betas_zero_snr=zero_snr)
+        torch.testing.assert_close(d.add_noise(x, n, t), ddpm.add_noise(x, n, t), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_training_target_matches_diffusers(kind):
+    from diffusers import DDPMScheduler
+
+    cfg = DetokenizerConfig.tiny()
+    cfg.scheduler.update(prediction_type=kind, rescale_betas_zero_snr=True)
+    d = Detokenizer(cfg)
+    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=cfg.scheduler["beta_start"], beta_end=cfg.scheduler["beta_end"],
+                         beta_schedule="scaled_linear", rescale_betas_zero_snr=True)
+    g = torch.Generator().manual_seed(0)
+    x, n = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 500, 998])
+    want = {"epsilon": n, "sample": x, "v_prediction": ddpm.get_velocity(x, n, t)}[kind]
+    torch.testing.assert_close(d.training_target(x, n, t), want, rtol=1e-5, atol=1e-5)
+    if kind == "v_prediction":       # with a zero terminal SNR, the last step's target is -x_0 (nearly)
+        assert not torch.allclose(want, n, atol=0.1)
 
 
 def test_training_loss_gradients(feats):

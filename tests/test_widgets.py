@@ -202,6 +202,25 @@ def test_boi_explorer_matches_boi_trace_and_generates(model):
 
 # --------------------------------------------------------------------------- diffusion
 
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_diffusion_scrubber_x0_is_the_schedulers_prediction(kind):
+    """x0 recovered from (latents after the step, UNet output) = what Euler itself predicted."""
+    import copy
+
+    from diffusers import EulerDiscreteScheduler
+    m = build_model(0).eval()
+    cfg = dict(copy.deepcopy(m.config.detok.scheduler), prediction_type=kind, rescale_betas_zero_snr=True,
+               timestep_spacing="trailing")
+    m.detok.scheduler = EulerDiscreteScheduler(**cfg)
+    seen = []
+    real_step = m.detok.scheduler.step
+    m.detok.scheduler.step = lambda *a, **k: seen.append(real_step(*a, **k)) or seen[-1]
+    v = V.diffusion_scrubber(m, "a red circle", num_inference_steps=3)
+    want = V._decode(m.detok, torch.cat([o.pred_original_sample for o in seen]).float())
+    assert len(seen) == 3 and np.abs(v.x0.astype(int) - want.astype(int)).max() <= 1
+
+
+
 def test_diffusion_scrubber_has_one_frame_per_step(model):
     v = V.diffusion_scrubber(model, "a red circle", num_inference_steps=2)
     check_bundle(v, "DiffusionScrubber(steps=2, step=1, image=64x64, x0=yes)")
