@@ -2,9 +2,12 @@
 
 Stage a — visual encoder. The ViT is trained *supervised*: (1) every one of its 256 output
 tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, names the colour and the
-shape of the object that covers the cell (or background) and says where the cell is (x, y); and
+shape of the object that covers the cell (or background) and says where the cell is (x, y);
 (2) from the mean of its tokens, small heads name the colour and the shape found at each of the
-five positions (left/right/top/bottom/centre) of a global view. Why not contrastive with captions? With a
+five positions (left/right/top/bottom/centre) of a global view; and (3) from the mean of the
+tokens of each shape's cells, a head names that shape (the outline, spread over many tokens, is what
+tells a circle from a square). Views are rendered once into a pool (``vit_pool``), because drawing
+the labels costs more than a training step. Why not contrastive with captions? With a
 few hundred distinct captions a contrastive loss saturates quickly and says nothing about
 *where* things are; the de-tokenizer needs features that keep the picture (the per-cell
 target makes token i stand for cell i, so the published 1-D pooling of 4 consecutive tokens is
@@ -58,16 +61,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    vit_steps: int = 500
+    vit_steps: int = 1100
     vit_batch: int = 32
-    vae_steps: int = 400
+    vit_pool: int = 4000                  # views rendered once for stage a (0: render every batch afresh)
+    vit_shape_weight: float = 4.0         # weight of object cells (vs background) in the per-cell shape loss
+    vit_object_weight: float = 1.0        # weight of the shape-from-mean-of-its-cells loss
+    vae_steps: int = 350
     vae_batch: int = 32
     cache_size: int = 4000                # caption images whose features/latents are cached
     comprehension_pool: int = 1500        # comprehension samples whose view features are cached
     story_pool: int = 1500                # stories whose image features are cached
-    unet_steps: int = 2200
+    unet_steps: int = 1800
     unet_batch: int = 32
-    llm_steps: int = 2400
+    llm_steps: int = 1800
     llm_batch: int = 16
     lr: float = 1e-3
     llm_lr: float = 1.5e-3
@@ -78,7 +84,7 @@ class TrainConfig:
     @classmethod
     def quick_run(cls, **kw) -> "TrainConfig":
         """A few minutes on a CPU: same code path, far fewer steps (losses fall, quality is low)."""
-        base = dict(vit_steps=40, vit_batch=16, vae_steps=30, vae_batch=16, cache_size=128, comprehension_pool=32,
+        base = dict(vit_steps=40, vit_batch=16, vit_pool=0, vae_steps=30, vae_batch=16, cache_size=128, comprehension_pool=32,
                     story_pool=32, unet_steps=60, unet_batch=16, llm_steps=90, llm_batch=8, ckpt_every=50, quick=True,
                     out="runs/seedx-quick/model", work="runs/seedx-quick")
         base.update(kw)
@@ -190,30 +196,50 @@ def cell_labels(scene: W.Scene, image, base: int, view: int):
     return col, shp
 
 
+def vit_example(seed: int, global_view: bool, base: int):
+    """One ViT training view: a square caption image's global view (with what-is-where labels) or a
+    random any-res view of a comprehension image (a tile: labels -100). Returns pixels ``[3, base, base]``,
+    cell pixels ``[256, 3*c*c]``, cell colour and shape classes ``[256]`` each, and ``[5]`` colour / shape."""
+    sample = W.caption_image_sample(seed) if global_view else W.comprehension_sample(seed)
+    views = tile_image(sample.image, base=base)
+    k = len(views) - 1 if global_view else random.Random(seed).randrange(len(views))
+    ccol, cshp = cell_labels(sample.scene, sample.image, base, k)
+    if k == len(views) - 1:
+        col, shp = position_labels(sample.scene)
+    else:                                                # a tile: positions are not defined
+        col = shp = torch.full((N_POS,), -100, dtype=torch.long)
+    return views.pixels[k], _cells(image_to_unit(views.images[k]), 16), ccol, cshp, col, shp
+
+
+_VIT_POOLS: dict = {}
+
+
+def vit_pool(cfg: TrainConfig, base: int, progress: bool = False):
+    """``cfg.vit_pool`` views rendered (and labelled) once, as six stacked tensors: rendering the labels
+    costs more than a training step of the tiny ViT, so stage a draws its batches from this pool."""
+    key = (cfg.seed, cfg.vit_pool, base)
+    if key not in _VIT_POOLS:
+        rows = [vit_example(_seed_of(cfg, "vit", 0, 20_000_000 + k), k % 2 == 0, base)
+                for k in tqdm(range(cfg.vit_pool), desc="render ViT views", disable=not progress, mininterval=1.0)]
+        _VIT_POOLS.clear()                                  # one pool at a time (a few hundred MB)
+        _VIT_POOLS[key] = tuple(torch.stack(x) for x in zip(*rows))
+    return _VIT_POOLS[key]
+
+
 def vit_batch(cfg: TrainConfig, step: int, base: int):
-    """Half square caption images (global views, with position labels), half random any-res views.
+    """Half square caption images (global views, with position labels), half random any-res views:
+    ``cfg.vit_batch`` of them drawn from :func:`vit_pool` (or rendered afresh when ``cfg.vit_pool`` is 0).
 
     Returns pixels ``[B, 3, base, base]``, cell pixels ``[B, 256, 3*c*c]``, cell colour and shape classes
     ``[B, 256]`` each, and what-is-where labels ``[B, 5]`` (colour) and ``[B, 5]`` (shape; -100 for tiles).
     """
-    pix, cells, ccol, cshp, cols, shps = [], [], [], [], [], []
-    for i in range(cfg.vit_batch):
-        s = _seed_of(cfg, "vit", step, i)
-        sample = W.caption_image_sample(s) if i % 2 == 0 else W.comprehension_sample(s)
-        views = tile_image(sample.image, base=base)
-        k = len(views) - 1 if i % 2 == 0 else random.Random(s).randrange(len(views))
-        pix.append(views.pixels[k])
-        cells.append(_cells(image_to_unit(views.images[k]), 16))
-        a, b = cell_labels(sample.scene, sample.image, base, k)
-        ccol.append(a)
-        cshp.append(b)
-        if k == len(views) - 1:
-            c, h = position_labels(sample.scene)
-        else:                                            # a tile: positions are not defined
-            c = h = torch.full((N_POS,), -100, dtype=torch.long)
-        cols.append(c)
-        shps.append(h)
-    return tuple(torch.stack(x) for x in (pix, cells, ccol, cshp, cols, shps))
+    if cfg.vit_pool:
+        pool = vit_pool(cfg, base)
+        g = torch.Generator().manual_seed(_seed_of(cfg, "vit", step, 0))
+        idx = torch.randint(0, cfg.vit_pool, (cfg.vit_batch,), generator=g)
+        return tuple(t[idx] for t in pool)
+    rows = [vit_example(_seed_of(cfg, "vit", step, i), i % 2 == 0, base) for i in range(cfg.vit_batch)]
+    return tuple(torch.stack(x) for x in zip(*rows))
 
 
 def _cells(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -232,6 +258,7 @@ class ViTHeads(nn.Module):
         self.cell = nn.Linear(dim, cell_values + nc + ns + 2)      # pixels, colour, shape, (x, y) of each token
         self.colour = nn.Linear(dim, N_POS * nc)
         self.shape = nn.Linear(dim, N_POS * ns)
+        self.object_shape = nn.Linear(dim, ns - 1)                 # from the mean over one shape's cells
         self.split = (cell_values, nc, ns, 2)
 
     def forward(self, feats):                           # feats [B, 256, D]
@@ -239,6 +266,21 @@ class ViTHeads(nn.Module):
         pixels, colour, shape, xy = self.cell(feats).split(self.split, dim=-1)
         return (pixels, colour, shape, xy, self.colour(g).view(-1, N_POS, self.split[1]),
                 self.shape(g).view(-1, N_POS, self.split[2]))
+
+    def object_shape_loss(self, feats, cell_shape):
+        """Cross-entropy of naming each shape present from the *mean* of the tokens of its cells
+        (feats ``[B, 256, D]``, cell_shape ``[B, 256]``, 0 = background). One token alone cannot tell a
+        circle's inside from a square's; averaged, the tokens along the outline can, which is how the
+        resamplers (attention = weighted means) will read them."""
+        ns = self.object_shape.out_features
+        member = F.one_hot(cell_shape, ns + 1)[..., 1:].to(feats.dtype)              # [B, 256, S]
+        count = member.sum(1)                                                       # [B, S]
+        pooled = torch.einsum("bns,bnd->bsd", member, feats) / count.clamp(min=1)[..., None]
+        present = count > 0
+        if not bool(present.any()):
+            return feats.sum() * 0
+        target = torch.arange(ns, device=feats.device).expand_as(count)[present]
+        return F.cross_entropy(self.object_shape(pooled[present]), target)
 
 
 # --------------------------------------------------------------------------- stage c sequences
@@ -399,8 +441,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % self.cfg.log_every == 0 or step == total - 1:
-                self.log.write(stage, step, float(loss), p1, p2, opt.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                self.log.write(stage, step, float(loss.detach()), p1, p2, opt.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if (step + 1) % self.cfg.ckpt_every == 0 and step + 1 < total:
                 self._save_state(stage, step + 1, opt)
         self.done.append(stage)
@@ -411,8 +453,14 @@ class Trainer:
         m, cfg = self.model, self.cfg
         base = m.config.tile_size
         heads = ViTHeads(m.config.vit.output_dim, 3 * (base // 16) ** 2).to(self.device)
+        self.vit_heads = heads                       # kept for probing; not part of the checkpoint
+        if "vit" not in self.done and cfg.vit_pool:
+            vit_pool(cfg, base, progress=self.progress)
         m.vit.train()
 
+        # shape is the hard attribute (a cell inside a circle looks like one inside a square): object
+        # cells weigh more than the background in the per-cell shape loss
+        shape_w = torch.tensor([1.0] + [cfg.vit_shape_weight] * len(W.SHAPES), device=self.device)
         g16 = (torch.arange(16, device=self.device, dtype=torch.float) + 0.5) / 16
         yy, xx = torch.meshgrid(g16, g16, indexing="ij")
         where = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)                  # [256, 2] cell centres
@@ -423,10 +471,11 @@ class Trainer:
             p_pix, p_col, p_shp, p_xy, col_logits, shp_logits = heads(feats)
             rec = F.mse_loss(p_pix, cells)
             local = F.cross_entropy(p_col.flatten(0, 1), ccol.flatten()) + \
-                F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten()) + \
+                F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten(), weight=shape_w) + \
                 10 * F.mse_loss(p_xy, where.expand_as(p_xy))
             cls = F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100) + \
-                F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100)
+                F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100) + \
+                cfg.vit_object_weight * heads.object_shape_loss(feats, cshp)
             return 10 * rec + local + cls, rec.item(), (local + cls).item()
 
         self._loop("vit", list(m.vit.parameters()) + list(heads.parameters()), cfg.vit_steps, cfg.lr, step)
@@ -538,10 +587,12 @@ class Trainer:
         m, cfg = self.model, self.cfg
         lv = m.lvlm
         lv.train()
-        kinds = ("caption", "comprehension", "story")
+        # describing is the hardest of the three tasks (the story task only has to learn where <img> goes):
+        # every other step is a comprehension batch
+        kinds = ("caption", "comprehension", "story", "comprehension")
 
         def step(i):
-            kind = kinds[i % 3]
+            kind = kinds[i % len(kinds)]
             n = cfg.llm_batch if kind != "comprehension" else max(2, cfg.llm_batch // 2)
             batch = collate(m, self.llm_examples(kind, i, n), self.device)
             out = lv(**batch)

@@ -32,6 +32,36 @@ def test_position_labels_name_what_is_where():
     assert int((col > 0).sum()) == 2
 
 
+def test_vit_batches_come_from_a_pool_of_rendered_views():
+    from seedx_lab.train import _seed_of, vit_batch, vit_example
+    cfg = TrainConfig(vit_pool=6, vit_batch=5)
+    a, b = vit_batch(cfg, 3, 64), vit_batch(cfg, 3, 64)
+    shapes = [tuple(t.shape) for t in a]
+    assert shapes == [(5, 3, 64, 64), (5, 256, 48), (5, 256), (5, 256), (5, 5), (5, 5)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))                      # a step's batch is seeded
+    pool = [vit_example(_seed_of(cfg, "vit", 0, 20_000_000 + k), k % 2 == 0, 64) for k in range(6)]
+    for row in range(5):                                                    # every row is one pool entry
+        assert any(all(torch.equal(t[row], e) for t, e in zip(a, ex)) for ex in pool)
+    cfg0 = TrainConfig(vit_pool=0, vit_batch=2)
+    fresh = vit_batch(cfg0, 7, 64)                                          # no pool: rendered afresh per step
+    for i in range(2):
+        ex = vit_example(_seed_of(cfg0, "vit", 7, i), i % 2 == 0, 64)
+        assert all(torch.equal(t[i], e) for t, e in zip(fresh, ex))
+
+
+def test_object_shape_loss_reads_the_mean_of_each_shapes_cells():
+    from seedx_lab.train import ViTHeads
+    torch.manual_seed(0)
+    heads = ViTHeads(8, 48)
+    feats = torch.randn(2, 256, 8)
+    cells = torch.zeros(2, 256, dtype=torch.long)
+    cells[0, :10], cells[0, 50:60], cells[1, 100:120] = 1, 3, 4            # circle + triangle; star
+    means = torch.stack([feats[0, :10].mean(0), feats[0, 50:60].mean(0), feats[1, 100:120].mean(0)])
+    want = torch.nn.functional.cross_entropy(heads.object_shape(means), torch.tensor([0, 2, 3]))
+    torch.testing.assert_close(heads.object_shape_loss(feats, cells), want)
+    assert heads.object_shape_loss(feats, torch.zeros_like(cells)) == 0      # nothing to name
+
+
 def test_encode_pieces_labels_follow_seedx(model):
     feats = torch.zeros(256, model.config.vit.output_dim)
     ids, labels, flags, cf, cp, gf = encode_pieces(model, caption_pieces("a red circle on the left .", feats))
