@@ -78,11 +78,13 @@ def test_an_error_raised_by_a_decoder_layer_mid_generation(model, reference, mon
         return real(*a, **k)
 
     monkeypatch.setattr(layer, "forward", flaky)
+    ids = torch.tensor([model.encode_ids(CAPTION)])           # no <img> at the end: decoding goes token by token
     with pytest.raises(Boom):
         with trace(model, capture=["llm.*", "processor.decisions", "detok.step.*"]) as t:
-            model.generate_image(CAPTION, num_inference_steps=1)
+            model.lvlm.generate(ids, max_new_tokens=20)
     monkeypatch.undo()
     assert calls[0] == 5 and "llm.final" in t                 # it had captured until then, and kept it
+    assert len(t["processor.decisions"]) == 4                 # one per decoding step that finished
     assert_clean(model, reference)
     assert_same_results(model, reference)
 
