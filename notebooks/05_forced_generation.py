@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -70,9 +72,9 @@ print("image tokens per generated block:", lvlm.num_img_tokens)
 # %% [markdown]
 # ## 1. The processor, step by step
 # We take a caption from the held-out test split of the shape world and append `<img>`, exactly as the
-# published text-to-image script does. A `seedx_lab.trace` that captures `processor.decisions` makes
-# `generate` run one token per step (normally the block is appended in one go, see section 7) and records
-# what the processor decided at each step.
+# published text-to-image script does. `fast_forced_block=False` makes `generate` run one token per step
+# (normally the block rides in one forward pass, see section 7), and a `seedx_lab.trace` that captures
+# `processor.decisions` records what the processor decided at each step.
 #
 # A tiny helper processor, `RawScores`, changes nothing: it only keeps a copy of the scores the model
 # produced *before* the forcing, so we can ask "what would the model have chosen on its own?".
@@ -98,7 +100,7 @@ print("tokens:", tok.convert_ids_to_tokens(ids[0].tolist()))
 raw = RawScores()
 proc = G.AutoImageTokenGenerationProcessor(token_ids=tid, num_img_gen_tokens=64, mode="faithful")
 with seedx_lab.trace(model, capture=["processor.decisions"]) as t:
-    out = lvlm.generate(ids, max_new_tokens=65, logits_processor=[raw, proc])
+    out = lvlm.generate(ids, max_new_tokens=65, logits_processor=[raw, proc], fast_forced_block=False)
 decisions = t["processor.decisions"]
 new = out.new_tokens[0].tolist()
 print(f"\n{len(decisions)} decisions for {len(new)} new tokens")
@@ -429,8 +431,8 @@ print("claim #9 is false as stated: the published call decodes greedily; tempera
 # number, easy to mix up with the token count: Chameleon's VQ codebook has 8192 entries, Janus's 16 384. We
 # read all four numbers from the `transformers` implementations of the two models, installed here.
 # SEED-X writes 64 learnable-query tokens plus `</img>`: 65 steps. And since those 65 tokens never depend
-# on the model's choices, they can even be fed **in one forward pass** (`fast_forced_block=True`, the
-# default here), which the published code does not do.
+# on the model's choices, they can even be fed **in the prompt's own forward pass** when the prompt ends in
+# `<img>` (`fast_forced_block=True`, the default here), which the published code does not do.
 #
 # We count the LLM's forward passes with a hook, for both paths.
 
@@ -446,8 +448,8 @@ try:
         counts[fast] = len(calls)
 finally:
     hook.remove()
-print(f"forward passes, one block at a time (fast path): {counts[True]}  (prompt + block)")
-print(f"forward passes, one token at a time:             {counts[False]}  (prompt + 64 image tokens + </img>)")
+print(f"forward passes, block at once (fast path): {counts[True]}  (prompt and block together)")
+print(f"forward passes, one token at a time:       {counts[False]}  (prompt + 64 image tokens + </img>)")
 print("same tokens:", torch.equal(outs[True].sequences, outs[False].sequences))
 
 import inspect
@@ -466,7 +468,7 @@ for name, (n, codebook) in others.items():
     print(f"{name:<24} {n:>12} {n:>15} {codebook:>9}")
 
 # %%
-assert counts[True] == 2 and counts[False] == 1 + 64 + 1
+assert counts[True] == 1 and counts[False] == 1 + 64 + 1
 assert torch.equal(outs[True].sequences, outs[False].sequences)
 assert others["Janus"][0] == 576 and others["Chameleon"][0] == 1024
 assert others["Janus"][1] == 16384 and others["Chameleon"][1] == 8192

@@ -199,7 +199,7 @@ print("claim #5 holds: <img> is never blocked, in either mode; the model alone d
 # the output is the model's own prediction.
 
 # %%
-opening = "let us draw a big red circle on the left . here it is :"
+opening = "let us draw a big red circle on the left . it looks like this :"
 run = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0)
 print("prompt:", opening)
 print("model: ", run.text)
