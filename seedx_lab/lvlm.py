@@ -334,15 +334,13 @@ class ContinuousLVLM(nn.Module):
         merged = block[:max_new_tokens] if (forced_ok and bool((input_ids[:, -1] == self.token_ids.boi).all())
                                             and bool(mask[:, -1].all())) else []
         L0 = len(merged)
-        if not merged:
-            embeds = self.embed(input_ids, image_features, ids_cmp_mask, patch_positions)
+        first = torch.tensor(merged, dtype=torch.long, device=device).view(1, L0).expand(B, L0)   # [B, L0]
         if merged:
-            first = torch.tensor(merged, dtype=torch.long, device=device).expand(B, L0)
             if ids_cmp_mask is not None:
                 ids_cmp_mask = torch.cat([ids_cmp_mask.to(device), torch.zeros_like(first, dtype=torch.bool)], dim=1)
-            embeds = self.embed(torch.cat([input_ids, first], dim=1), image_features, ids_cmp_mask, patch_positions)
             mask = torch.cat([mask, torch.ones_like(first)], dim=1)
             positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(L0, device=device)], dim=1)
+        embeds = self.embed(torch.cat([input_ids, first], dim=1), image_features, ids_cmp_mask, patch_positions)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **_cache_kw(self.llm, cache),
                        use_cache=True, output_hidden_states=True)
         logits = out.logits[:, -1].float()                                          # [B, V]
@@ -363,7 +361,7 @@ class ContinuousLVLM(nn.Module):
                 rows[b].extend(merged)
                 count[b] = L0
                 done[b] = count[b] >= max_new_tokens
-            seq = torch.cat([seq, first], dim=1)
+        seq = torch.cat([seq, first], dim=1)
         # (a batch where only some prompts end in <img>: those rows get their block as the first chunk)
         pending = [list(block) if forced_ok and not merged and int(input_ids[b, -1]) == self.token_ids.boi else []
                    for b in range(B)]
