@@ -297,8 +297,7 @@ class ContinuousLVLM(nn.Module):
         ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it.
 
         Observers in ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace`) get
-        ``on_generate(processors)`` before decoding starts; one whose ``step_by_step`` is True turns
-        ``fast_forced_block`` off, so every forced token passes through the processors.
+        ``on_generate(processors)`` before decoding starts.
         """
         from .generation import AutoImageTokenGenerationProcessor
 
@@ -320,8 +319,6 @@ class ContinuousLVLM(nn.Module):
         observers = list(getattr(self, "generation_observers", ()))
         for obs in observers:
             obs.on_generate(logits_processor)
-        if any(getattr(obs, "step_by_step", False) for obs in observers):
-            fast_forced_block = False
         block = self.token_ids.generation_block()                                  # 64 img ids + </img>
         forced_ok = fast_forced_block and (not do_sample or processor_mode == "strict")
 

@@ -292,7 +292,6 @@ class Trace:
         self._pending_ids: torch.Tensor | None = None
         self._processors: list[list] = []  # [processor, start, end or None, call, was_recording, copy]
         self._generate_calls = 0
-        self.step_by_step = False          # read by ContinuousLVLM.generate: decisions need no slow path
 
     # ------------------------------------------------------------ context manager
     def __enter__(self) -> "Trace":
