@@ -260,10 +260,11 @@ class DetokenizerConfig:
         unet = dict(
             SDXL_UNET_CONFIG,
             sample_size=16,
-            # cross-attention at both resolutions: the tiny UNet must learn *where* things go from the
-            # condition alone, and it has little training time to do it
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            # as SDXL: no attention at the full-resolution level, cross-attention below it. Attention at
+            # 16 x 16 cost a third of every training step and, at equal CPU time, the UNet without it
+            # drew more pictures right (it gets 1.5x the steps)
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             block_out_channels=(32, 64),
             layers_per_block=1,
             attention_head_dim=(2, 4),  # head counts, head width 16
@@ -435,6 +436,16 @@ class ResamplerXLV2(nn.Module):
 # the de-tokenizer
 
 
+def foreground_mask(images: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
+    """``[B, 1, H, W]`` float mask of pixels whose colour differs from the image's background by more
+    than ``threshold`` (summed absolute difference over RGB, images in [-1, 1]). The background is
+    the per-channel median of the border pixels, which holds for the plain backgrounds of the shape
+    world and is a rough guess elsewhere."""
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)  # [B, 3, 2H+2W]
+    background = border.median(dim=-1).values[:, :, None, None]  # [B, 3, 1, 1]
+    return ((images - background).abs().sum(1, keepdim=True) > threshold).to(images.dtype)
+
+
 def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
     """Normal noise drawn on the generator's device (so a CPU seed gives the
     same numbers whatever device the model is on), then moved."""
@@ -547,8 +558,8 @@ class Detokenizer(nn.Module):
         cond_drop_prob: float | None = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noise-prediction MSE for features [B, N, embedding_dim] and their images
-        [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
+        """Denoising MSE (against :meth:`training_target`) for features [B, N, embedding_dim] and
+        their images [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
         ``latents``: already-encoded, scaled latents [B, C, h, w] (then ``images`` may be None)."""
         self._check_features(features)
         if latents is None:
@@ -594,14 +605,33 @@ class Detokenizer(nn.Module):
             return abar.sqrt() * noise.float() - (1 - abar).sqrt() * latents.float()
         raise ValueError(f"unknown prediction_type {kind!r}")
 
-    def vae_loss(self, images: torch.Tensor, kl_weight: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reconstruction MSE + kl_weight * KL(q(z|x) || N(0, I)) per latent element,
-        for training the tiny VAE; images [B, 3, H, W] in [-1, 1]."""
+    def vae_loss(self, images: torch.Tensor, kl_weight: float = 1e-3, generator: torch.Generator | None = None,
+                 foreground_weight: float = 1.0, l1_weight: float = 0.0) -> torch.Tensor:
+        """Reconstruction error + kl_weight * KL(q(z|x) || N(0, I)) per latent element, for training
+        the tiny VAE; images [B, 3, H, W] in [-1, 1].
+
+        The error per pixel is ``(r - x)^2 + l1_weight * |r - x|``, averaged with weight
+        ``foreground_weight`` on pixels far from the image's background (see
+        :func:`foreground_mask`) and 1 elsewhere. With the defaults (1, 0) it is plain MSE. Flat
+        pictures are mostly background; without the weight the VAE learns the background first and
+        shifts the hue of small objects (red drifting to purple). The L1 term keeps flat colours
+        saturated."""
         self._check_images(images)
-        posterior = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+        if foreground_weight <= 0 or l1_weight < 0:
+            raise ValueError(f"foreground_weight must be > 0 and l1_weight >= 0, got {foreground_weight}, {l1_weight}")
+        images = images.to(self.device, self.vae.dtype)
+        posterior = self.vae.encode(images).latent_dist
         z = posterior.sample(generator)  # [B, C, h, w]
-        recon = self.vae.decode(z).sample  # [B, 3, H, W]
-        rec = F.mse_loss(recon.float(), images.to(recon.device).float())
+        recon = self.vae.decode(z).sample.float()  # [B, 3, H, W]
+        x = images.float()
+        err = (recon - x) ** 2
+        if l1_weight:
+            err = err + l1_weight * (recon - x).abs()
+        if foreground_weight != 1.0:
+            w = 1.0 + (foreground_weight - 1.0) * foreground_mask(x)  # [B, 1, H, W]
+            rec = (err * w).mean() / w.mean()
+        else:
+            rec = err.mean()
         kl = posterior.kl().float().mean() / z[0].numel()
         return rec + kl_weight * kl
 

@@ -2,7 +2,8 @@
 
 Stage a — visual encoder. The ViT is trained *supervised*: (1) every one of its 256 output
 tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, names the colour and the
-shape of the object that covers the cell (or background) and says where the cell is (x, y);
+shape of the object that covers the cell (or background; object cells weigh more) and says where
+the cell is (x, y);
 (2) from the mean of its tokens, small heads name the colour and the shape found at each of the
 five positions (left/right/top/bottom/centre) of a global view; and (3) from the mean of the
 tokens of each shape's cells, a head names that shape (the outline, spread over many tokens, is what
@@ -14,9 +15,11 @@ target makes token i stand for cell i, so the published 1-D pooling of 4 consecu
 meaningful), and the describer needs features that name attributes (the heads). The heads are
 thrown away after this stage.
 
-Stage b — de-tokenizer. The VAE learns to reconstruct world images, its latent scale is
-calibrated, then the adapter + UNet learn to denoise latents conditioned on the *pooled*
-(64-token) ViT features of the frozen encoder — exactly what the output resampler will hand
+Stage b — de-tokenizer. The VAE learns to reconstruct world images (object pixels weigh
+``vae_foreground_weight`` times the background, plus an L1 term: with plain MSE a fifth of the
+held-out objects came back in the wrong hue, e.g. red turned purple), its latent scale is
+calibrated, then the adapter + UNet learn to denoise latents conditioned on the *pooled* (64-token)
+ViT features of the frozen encoder — exactly what the output resampler will hand
 them at inference.
 
 Stage c — LLM + input and output resamplers, with the LM loss (text and the ``<img>`` opener of
@@ -61,21 +64,25 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    vit_steps: int = 1100
+    vit_steps: int = 1400
     vit_batch: int = 32
     vit_pool: int = 4000                  # views rendered once for stage a (0: render every batch afresh)
     vit_shape_weight: float = 4.0         # weight of object cells (vs background) in the per-cell shape loss
     vit_object_weight: float = 1.0        # weight of the shape-from-mean-of-its-cells loss
-    vae_steps: int = 350
+    vit_colour_weight: float = 4.0        # weight of object cells (vs background) in the per-cell colour loss
+    vae_steps: int = 300
     vae_batch: int = 32
+    vae_foreground_weight: float = 5.0    # object pixels weigh this much more than background in the VAE loss
+    vae_l1_weight: float = 0.5            # L1 term of the VAE reconstruction error (keeps flat colours saturated)
     cache_size: int = 4000                # caption images whose features/latents are cached
     comprehension_pool: int = 1500        # comprehension samples whose view features are cached
     story_pool: int = 1500                # stories whose image features are cached
-    unet_steps: int = 1800
+    unet_steps: int = 2700
     unet_batch: int = 32
     llm_steps: int = 1800
     llm_batch: int = 16
     lr: float = 1e-3
+    unet_lr: float | None = None          # learning rate of stage b's adapter + UNet (None: ``lr``)
     llm_lr: float = 1.5e-3
     ckpt_every: int = 200
     log_every: int = 10
@@ -461,6 +468,7 @@ class Trainer:
         # shape is the hard attribute (a cell inside a circle looks like one inside a square): object
         # cells weigh more than the background in the per-cell shape loss
         shape_w = torch.tensor([1.0] + [cfg.vit_shape_weight] * len(W.SHAPES), device=self.device)
+        colour_w = torch.tensor([1.0] + [cfg.vit_colour_weight] * len(W.COLOURS), device=self.device)
         g16 = (torch.arange(16, device=self.device, dtype=torch.float) + 0.5) / 16
         yy, xx = torch.meshgrid(g16, g16, indexing="ij")
         where = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)                  # [256, 2] cell centres
@@ -470,7 +478,7 @@ class Trainer:
             feats = m.vit(pix)
             p_pix, p_col, p_shp, p_xy, col_logits, shp_logits = heads(feats)
             rec = F.mse_loss(p_pix, cells)
-            local = F.cross_entropy(p_col.flatten(0, 1), ccol.flatten()) + \
+            local = F.cross_entropy(p_col.flatten(0, 1), ccol.flatten(), weight=colour_w) + \
                 F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten(), weight=shape_w) + \
                 10 * F.mse_loss(p_xy, where.expand_as(p_xy))
             cls = F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100) + \
@@ -496,7 +504,8 @@ class Trainer:
                 imgs = pool[idx].to(self.device) * 2 - 1
                 flip = torch.rand(cfg.vae_batch, generator=g) < 0.5          # cheap augmentation
                 imgs[flip] = imgs[flip].flip(-1)
-                return m.detok.vae_loss(imgs, generator=g), None, None
+                return m.detok.vae_loss(imgs, generator=g, foreground_weight=cfg.vae_foreground_weight,
+                                       l1_weight=cfg.vae_l1_weight), None, None
 
             self._loop("vae", list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
             calib = torch.stack([image_to_unit(W.caption_image_sample(10_000_000 + k).image) for k in range(256)])
@@ -560,7 +569,7 @@ class Trainer:
             loss = d.training_loss(f, None, generator=g, latents=lats[idx])
             return loss, None, None
 
-        self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.lr, step)
+        self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
         d.eval().requires_grad_(False)
 
     # -- stage c data ----------------------------------------------------------
@@ -596,7 +605,7 @@ class Trainer:
             n = cfg.llm_batch if kind != "comprehension" else max(2, cfg.llm_batch // 2)
             batch = collate(m, self.llm_examples(kind, i, n), self.device)
             out = lv(**batch)
-            return out["loss"], float(out["lm_loss"]), float(out["rec_loss"])
+            return out["loss"], float(out["lm_loss"].detach()), float(out["rec_loss"].detach())
 
         self._loop("llm", [p for p in lv.parameters()], cfg.llm_steps, cfg.llm_lr, step)
         lv.eval()

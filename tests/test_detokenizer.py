@@ -10,6 +10,7 @@ from seedx_lab.detokenizer import (
     Detokenizer,
     DetokenizerConfig,
     PerceiverAttention,
+    foreground_mask,
     ResamplerXLV2,
 )
 
@@ -349,6 +350,46 @@ def test_vae_loss_and_scaling_factor():
     with torch.no_grad():
         z = d.vae.encode(images).latent_dist.mean * factor
     assert abs(float(z.std()) - 1.0) < 1e-4
+
+
+def test_foreground_mask_marks_pixels_off_the_border_colour():
+    # a plain background with one 6 x 5 patch of another colour, and one pixel barely off the background
+    images = torch.full((2, 3, 16, 16), -0.2)
+    images[0, :, 4:10, 3:8] = torch.tensor([0.9, -0.8, -0.8])[:, None, None]
+    images[1, :, 7, 7] += 0.04                               # 3 * 0.04 = 0.12 < 0.15: still background
+    images[1, 0, 0, 0] = 1.0                                 # one odd border pixel does not move the median
+    mask = foreground_mask(images)
+    assert mask.shape == (2, 1, 16, 16)
+    want = torch.zeros(2, 1, 16, 16)
+    want[0, 0, 4:10, 3:8] = 1
+    want[1, 0, 0, 0] = 1
+    assert torch.equal(mask, want)
+
+
+def test_vae_loss_weights_foreground_error():
+    torch.manual_seed(0)
+    d = Detokenizer(DetokenizerConfig.tiny())
+    images = torch.full((2, 3, 64, 64), 0.8)
+    images[:, :, 20:36, 24:40] = -0.5                        # a 16 x 16 object on a light background
+    g = lambda: torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        post = d.vae.encode(images).latent_dist
+        z = post.sample(g())
+        recon = d.vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        err = (recon - images) ** 2 + 0.5 * (recon - images).abs()
+        w = torch.ones(2, 1, 64, 64)
+        w[:, :, 20:36, 24:40] = 5.0
+        want_weighted = (err * w).sum() / (w.sum() * 3) + 1e-3 * kl
+        want_plain = ((recon - images) ** 2).mean() + 1e-3 * kl
+        got_weighted = d.vae_loss(images, generator=g(), foreground_weight=5.0, l1_weight=0.5)
+        got_plain = d.vae_loss(images, generator=g())
+    torch.testing.assert_close(got_weighted, want_weighted, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_plain, want_plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="foreground_weight must be > 0"):
+        d.vae_loss(images, foreground_weight=0.0)
+    with pytest.raises(ValueError, match="l1_weight >= 0"):
+        d.vae_loss(images, l1_weight=-1.0)
 
 
 # ----------------------------------------------------------------------------- bad input
