@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -199,7 +201,7 @@ print("claim #5 holds: <img> is never blocked, in either mode; the model alone d
 # the output is the model's own prediction.
 
 # %%
-opening = "let us draw a big red circle on the left . it looks like this :"
+opening = "a drawing lesson . let us draw a big red circle on the left . it looks like this :"
 run = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0)
 print("prompt:", opening)
 print("model: ", run.text)
