@@ -622,13 +622,10 @@ class Detokenizer(nn.Module):
         images = images.to(self.device, self.vae.dtype)
         posterior = self.vae.encode(images).latent_dist
         z = posterior.sample(generator)  # [B, C, h, w]
-        recon = self.vae.decode(z).sample.float()  # [B, 3, H, W]
-        x = images.float()
-        err = (recon - x) ** 2
-        if l1_weight:
-            err = err + l1_weight * (recon - x).abs()
+        diff = self.vae.decode(z).sample.float() - images.float()  # [B, 3, H, W]
+        err = diff ** 2 + l1_weight * diff.abs() if l1_weight else diff ** 2
         if foreground_weight != 1.0:
-            w = 1.0 + (foreground_weight - 1.0) * foreground_mask(x)  # [B, 1, H, W]
+            w = 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())  # [B, 1, H, W]
             rec = (err * w).mean() / w.mean()
         else:
             rec = err.mean()
