@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -266,6 +268,61 @@ for ax, q in zip(axes, (0, 27, 63)):
 plt.suptitle("position-only similarity of a query with the 256 keys")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# ### What content-seeking queries cost
+# A query that gathers the cells of *a* shape, wherever it is, may gather two objects at once; the LLM
+# then has to untangle which colour and which shape belong to which place. The model's descriptions show
+# whether it manages. Below, 60 held-out test pictures are described, and every object of every picture
+# is checked on its own: is its (shape, colour, position) named? When an object is missed but something
+# is named at its place, is the wrong colour or shape one that another object of the same picture has
+# (*borrowed*), or one that is nowhere in the picture (*absent*)?
+
+# %%
+from collections import Counter
+
+
+def triple(d):
+    return d.get("shape"), d.get("colour"), d.get("position")
+
+
+tally = Counter()
+for s in range(60):
+    sm = W.comprehension_sample(s, "test")
+    said = [triple(d) for d in W.parse_description(model.describe(sm.image))]
+    objs = [o.triple for o in sm.scene.objects]
+    group = "one object" if len(objs) == 1 else "2-3 objects"
+    for i, t in enumerate(objs):
+        tally[group, "objects"] += 1
+        if t in said:
+            tally[group, "named"] += 1
+            continue
+        at_place = [x for x in said if x[2] == t[2]]
+        if not at_place:
+            tally[group, "nothing at its place"] += 1
+            continue
+        others = objs[:i] + objs[i + 1:]
+        for k in (0, 1):                                   # shape, colour
+            if at_place[0][k] != t[k]:
+                borrowed = any(o[k] == at_place[0][k] for o in others)
+                tally[group, "borrowed" if borrowed else "absent"] += 1
+for group in ("one object", "2-3 objects"):
+    n = tally[group, "objects"]
+    print(f"{group:>12}: {tally[group, 'named']:3d} of {n:3d} objects named right ({tally[group, 'named'] / n:.0%}); "
+          f"wrong attributes borrowed from another object: {tally[group, 'borrowed']}, absent from the picture: "
+          f"{tally[group, 'absent']}; nothing named at the place: {tally[group, 'nothing at its place']}")
+one = tally["one object", "named"] / tally["one object", "objects"]
+several = tally["2-3 objects", "named"] / tally["2-3 objects", "objects"]
+assert one > several + 0.1 and tally["2-3 objects", "borrowed"] > 2 * tally["2-3 objects", "absent"]
+print("objects alone are named far more often than objects in company, and most wrong attributes in company "
+      "belong to another object of the same picture: the failure is binding, not seeing")
+
+# %% [markdown]
+# Would it help to write the place first ("at the top , a big cyan circle .") so that the LLM knows where
+# to look before it names the colour? A scratch experiment says no: the LLM stage retrained on such
+# descriptions (same ViT, same 1,800 steps) named 0.655 of 200 validation pictures' first objects right,
+# against 0.685 for the shipped model, and still borrowed attributes between objects. What the LLM reads
+# is the 64 resampled tokens; if one token mixes two objects, a place word cannot unmix them.
 
 # %% [markdown]
 # ## 5. The tile-position embedding

@@ -52,7 +52,10 @@ class SeedXConfig:
     @classmethod
     def tiny(cls, vocab_size: int) -> "SeedXConfig":
         vit = ViTConfig.tiny()
-        return cls(vit=vit, llm=LLMConfig.tiny(vocab_size), detok=DetokenizerConfig.tiny(vit.output_dim))
+        # guidance 3: on the validation split (n=100) it lifted image accuracy from 0.43 (no guidance) to
+        # 0.56; 2.0 gave 0.53, 4.0 0.57, 5.0 0.54 (the de-tokenizer is trained with 10 % dropped conditions)
+        return cls(vit=vit, llm=LLMConfig.tiny(vocab_size), detok=DetokenizerConfig.tiny(vit.output_dim),
+                   guidance_scale=3.0)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("vit", "llm", "detok")}
