@@ -69,6 +69,11 @@ class ResamplerConfig:
     num_heads: int = 32
     kv_dim: int | None = 4096  # width of the incoming tokens
     ln_eps: float = 1e-5
+    # seedx-tiny only (0 = the published resampler): subtract ``locality * d**2`` from the attention
+    # scores, d = distance between a query's grid place and a key's (image side = 1), in the first
+    # ``local_heads`` heads (None: all). Adds no parameter, so published weights load unchanged.
+    locality: float = 0.0
+    local_heads: int | None = None
 
     def __post_init__(self):
         if self.kv_dim is None:
@@ -79,6 +84,10 @@ class ResamplerConfig:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
             )
+        if self.locality < 0:
+            raise ValueError(f"locality must be >= 0, got {self.locality}")
+        if self.local_heads is not None and not 0 <= self.local_heads <= self.num_heads:
+            raise ValueError(f"local_heads must be between 0 and num_heads ({self.num_heads}), got {self.local_heads}")
         if self.embed_dim % 4 != 0:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by 4 for the 2-D sin-cos positions"
@@ -170,6 +179,16 @@ class Resampler(nn.Module):
         """The sin-cos table resized to ``n_keys`` (a square number) -> [n_keys, E]."""
         return resize_2d(self.pos_embed, n_keys)
 
+    def place_distance(self, n_keys: int, device=None) -> torch.Tensor:
+        """Squared distance between each query's and each key's grid place -> [Q, n_keys].
+
+        Places are cell centres on a unit square: queries on the G x G grid, keys on sqrt(K) x sqrt(K)."""
+        def centres(side):
+            c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side
+            yy, xx = torch.meshgrid(c, c, indexing="ij")
+            return torch.stack([xx.flatten(), yy.flatten()], -1)            # [side*side, 2] row-major
+        return torch.cdist(centres(self.config.grid_size), centres(square_side(n_keys, "n_keys"))) ** 2
+
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         cfg = self.config
         if x.dim() != 3:
@@ -198,6 +217,11 @@ class Resampler(nn.Module):
         v = F.linear(kv, w_v, b_v).view(B, K, H, D).transpose(1, 2)  # [B, H, K, D]
 
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # [B, H, Q, K]
+        if cfg.locality > 0:  # seedx-tiny's place bias (see ResamplerConfig)
+            n_local = H if cfg.local_heads is None else cfg.local_heads
+            bias = torch.zeros(H, 1, 1, device=scores.device, dtype=torch.float32)
+            bias[:n_local] = cfg.locality
+            scores = scores.float() - bias * self.place_distance(K, scores.device)  # [B, H, Q, K]
         attn = scores.float().softmax(dim=-1).to(v.dtype)  # [B, H, Q, K], rows sum to 1
         attn = self.hook_attn(attn)
 

@@ -249,3 +249,48 @@ def test_dtype_argument_respected():
     assert all(t.dtype == torch.float64 for t in m.state_dict().values())
     out, attn = m(torch.randn(1, 64, 48, dtype=torch.float64), return_attn=True)
     assert out.dtype == attn.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- seedx-tiny's place bias
+
+
+def test_place_distance_is_between_cell_centres():
+    d = make().place_distance(256)                       # 8x8 queries, 16x16 keys, unit square
+    assert d.shape == (64, 256)
+    # query 0 sits at (1/16, 1/16); key 0 at (1/32, 1/32), key 255 at (31/32, 31/32)
+    assert d[0, 0].item() == pytest.approx(2 * (1 / 32) ** 2)
+    assert d[0, 255].item() == pytest.approx(2 * (29 / 32) ** 2)
+    # the four nearest keys of query 9 (row 1, column 1) are the 2x2 block it covers
+    assert set(d[9].topk(4, largest=False).indices.tolist()) == {34, 35, 50, 51}
+
+
+@pytest.mark.parametrize("local_heads", [None, 1])
+def test_locality_reweights_attention_by_exp_of_minus_distance(local_heads):
+    """softmax(s - l d^2) = softmax(s) * exp(-l d^2), renormalised: checked head by head against the
+    unbiased resampler with the same weights."""
+    plain = make()
+    cfg = ResamplerConfig.tiny(48, 64, num_heads=4, grid_size=8)
+    cfg.locality, cfg.local_heads = 30.0, local_heads
+    local = Resampler(cfg, dtype=torch.float64)
+    local.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 256, 48, dtype=torch.float64)
+    _, a0 = plain(x, return_attn=True)
+    _, a1 = local(x, return_attn=True)
+    w = a0 * torch.exp(-30.0 * plain.place_distance(256)).to(a0.dtype)
+    want = w / w.sum(-1, keepdim=True)
+    n = 4 if local_heads is None else local_heads
+    torch.testing.assert_close(a1[:, :n], want[:, :n])
+    torch.testing.assert_close(a1[:, n:], a0[:, n:])
+    # attention really moves towards the query's own place
+    near = plain.place_distance(256) < 0.01
+    assert (a1[:, :n] * near).sum(-1).mean() > (a0[:, :n] * near).sum(-1).mean() + 0.2
+
+
+def test_locality_adds_no_parameter_and_checks_its_numbers():
+    cfg = ResamplerConfig.tiny(48, 64, num_heads=4)
+    cfg.locality = 10.0
+    assert set(Resampler(cfg).state_dict()) == set(make().state_dict())
+    with pytest.raises(ValueError, match="locality must be >= 0"):
+        ResamplerConfig(grid_size=8, embed_dim=64, num_heads=4, kv_dim=32, locality=-1.0)
+    with pytest.raises(ValueError, match=r"local_heads must be between 0 and num_heads \(4\), got 5"):
+        ResamplerConfig(grid_size=8, embed_dim=64, num_heads=4, kv_dim=32, locality=1.0, local_heads=5)
