@@ -557,10 +557,12 @@ class Detokenizer(nn.Module):
         generator: torch.Generator | None = None,
         cond_drop_prob: float | None = None,
         latents: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoising MSE (against :meth:`training_target`) for features [B, N, embedding_dim] and
         their images [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
-        ``latents``: already-encoded, scaled latents [B, C, h, w] (then ``images`` may be None)."""
+        ``latents``: already-encoded, scaled latents [B, C, h, w] (then ``images`` may be None).
+        ``timesteps``: the training timesteps [B] (default: uniform over the scheduler's)."""
         self._check_features(features)
         if latents is None:
             self._check_images(images, batch=features.shape[0])
@@ -576,7 +578,13 @@ class Detokenizer(nn.Module):
         latents = latents.to(self.dtype)  # [B, C, h, w]
         noise = _randn(latents.shape, generator, self.device, self.dtype)  # [B, C, h, w]
         T = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(self.device)  # [B]
+        if timesteps is None:
+            t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(self.device)  # [B]
+        else:
+            t = torch.as_tensor(timesteps, device=self.device).long().reshape(-1)
+            if t.shape[0] != B or bool((t < 0).any() or (t >= T).any()):
+                raise ValueError(f"timesteps must be {B} integers in [0, {T}), got {tuple(t.shape)} "
+                                 f"from {int(t.min())} to {int(t.max())}")
         noisy = self.add_noise(latents, noise, t)  # [B, C, h, w]
 
         if p > 0:  # condition dropout: learn the "zero features" branch used by guidance

@@ -336,6 +336,28 @@ def test_training_loss_gradients(feats):
     torch.testing.assert_close(again.detach(), loss.detach())
 
 
+def test_training_loss_at_given_timesteps_is_the_mse_against_the_target(feats):
+    """Explicit timesteps, no condition dropout: recomputed from add_noise, the UNet and training_target."""
+    torch.manual_seed(0)
+    d = Detokenizer(DetokenizerConfig.tiny())
+    lat = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([7, 900])
+    loss = d.training_loss(feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
+                           cond_drop_prob=0.0, timesteps=t)
+    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))   # the first draw
+    ehs, pooled, time_ids = d.encode_condition(feats, 64, 64)
+    pred = d.unet(d.add_noise(lat, noise, t), t, encoder_hidden_states=ehs,
+                  added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    torch.testing.assert_close(loss, F.mse_loss(pred, d.training_target(lat, noise, t)))
+    other = d.training_loss(feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
+                            cond_drop_prob=0.0, timesteps=torch.tensor([500, 500]))
+    assert not torch.allclose(other, loss)
+    with pytest.raises(ValueError, match=r"timesteps must be 2 integers in \[0, 1000\), got \(3,\)"):
+        d.training_loss(feats, None, latents=lat, timesteps=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="from 0 to 1000"):
+        d.training_loss(feats, None, latents=lat, timesteps=torch.tensor([0, 1000]))
+
+
 def test_vae_loss_and_scaling_factor():
     torch.manual_seed(0)
     d = Detokenizer(DetokenizerConfig.tiny())
