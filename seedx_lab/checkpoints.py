@@ -232,8 +232,12 @@ class PublishedConfigs:
     def from_model(cls, model: SeedX) -> "PublishedConfigs":
         """The configs of a seedx_lab model, in the published field names."""
         c = model.config
-        rc = lambda r: dict(grid_size=r.config.grid_size, embed_dim=r.config.embed_dim,  # noqa: E731
-                            num_heads=r.config.num_heads, kv_dim=r.config.kv_dim, ln_eps=r.config.ln_eps)
+        def rc(r):
+            out = dict(grid_size=r.config.grid_size, embed_dim=r.config.embed_dim, num_heads=r.config.num_heads,
+                       kv_dim=r.config.kv_dim, ln_eps=r.config.ln_eps)
+            if r.config.locality:             # seedx-tiny's place bias (no published YAML has one)
+                out.update(locality=r.config.locality, local_heads=r.config.local_heads)
+            return out
         lv = model.lvlm
         d = c.detok
         return cls(
@@ -669,7 +673,9 @@ def load_published(root=None, device=None, dtype=None, device_map=None, variant:
                          resampler_heads=a["input_resampler"]["num_heads"], add_patch_pos=a.get("add_patch_pos", True),
                          target_pool=a.get("target_pool", "1d"), lm_loss_scale=a.get("lm_loss_scale", 1.0),
                          rec_loss_scale=a.get("rec_loss_scale", 6.0),
-                         num_inference_steps=p.get("num_inference_steps", 50), guidance_scale=p.get("guidance_scale", 7.5))
+                         num_inference_steps=p.get("num_inference_steps", 50), guidance_scale=p.get("guidance_scale", 7.5),
+                         input_locality=lvlm.input_resampler.config.locality,
+                         input_local_heads=lvlm.input_resampler.config.local_heads)
     say("done")
     return SeedX(config, tok, vit=vit, lvlm=lvlm, detok=detok).eval()
 

@@ -529,10 +529,14 @@ def _left_pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:
 
 
 def build_lvlm(llm_config: LLMConfig, vit_dim: int, token_ids: ImageTokenIds, resampler_heads: int | None = None,
-               device=None, dtype=None, **kwargs) -> ContinuousLVLM:
-    """Assemble a randomly initialised ContinuousLVLM for an LLM config and a ViT output width."""
+               device=None, dtype=None, input_locality: float = 0.0, input_local_heads: int | None = None,
+               **kwargs) -> ContinuousLVLM:
+    """Assemble a randomly initialised ContinuousLVLM for an LLM config and a ViT output width.
+
+    ``input_locality`` / ``input_local_heads``: the input resampler's place bias (``ResamplerConfig``)."""
     d = llm_config.hidden_size
     heads = resampler_heads or max(1, d // 128)
-    rin = Resampler(ResamplerConfig(grid_size=8, embed_dim=d, num_heads=heads, kv_dim=vit_dim), device=device, dtype=dtype)
+    rin = Resampler(ResamplerConfig(grid_size=8, embed_dim=d, num_heads=heads, kv_dim=vit_dim, locality=input_locality,
+                                    local_heads=input_local_heads), device=device, dtype=dtype)
     rout = Resampler(ResamplerConfig(grid_size=8, embed_dim=vit_dim, num_heads=heads, kv_dim=d), device=device, dtype=dtype)
     return ContinuousLVLM(build_llm(llm_config, device, dtype), rin, rout, token_ids, device=device, dtype=dtype, **kwargs)

@@ -20,12 +20,17 @@ Stage b — de-tokenizer. The VAE learns to reconstruct world images (object pix
 held-out objects came back in the wrong hue, e.g. red turned purple), its latent scale is
 calibrated, then the adapter + UNet learn to denoise latents conditioned on the *pooled* (64-token)
 ViT features of the frozen encoder — exactly what the output resampler will hand
-them at inference.
+them at inference. Their timesteps are drawn logit-normal, leaning to the noisy end where the layout is
+decided (uniform timesteps drew 0.765 of 200 validation captions right from the true features, this 0.795;
+centred at the middle, 0.625).
 
 Stage c — LLM + input and output resamplers, with the LM loss (text and the ``<img>`` opener of
 every generated image) and the regression loss on the 64 pooled features, over a mix of
 caption→image, image→text (any-res tiles, SEED-X-I template), interleaved stories and
-text-only samples.
+text-only samples (``llm_mix``: the task of each step in turn). Caption steps are short sequences, so
+they are cheap: three in six of 2,400 steps (instead of one in four of 1,800) lifted the drawn images from
+0.63 to 0.78 of 100 validation captions (stage c alone, same ViT and de-tokenizer) for about 7 % more
+time, while describing held (two in six steps, half batches).
 
 Everything is seeded; progress bars show each stage; every stage logs to ``train_log.csv``; a
 resumable state (``state.pt``, written atomically) is kept in the work directory.
@@ -54,6 +59,7 @@ from .lvlm import pool_targets
 from .model import DESCRIBE_QUESTION, SeedX, SeedXConfig
 
 STAGES = ("vit", "vae", "unet", "llm")
+LLM_TASKS = ("caption", "comprehension", "story")
 N_POS = len(W.POSITIONS)
 
 
@@ -79,14 +85,27 @@ class TrainConfig:
     story_pool: int = 1500                # stories whose image features are cached
     unet_steps: int = 2700
     unet_batch: int = 32
-    llm_steps: int = 1800
+    llm_steps: int = 2400
     llm_batch: int = 16
+    # stage c's task of each step, in turn (caption = caption -> image, comprehension = image -> text,
+    # story = interleaved or text-only); comprehension batches are half size
+    llm_mix: tuple = ("caption", "comprehension", "story", "comprehension", "caption", "caption")
     lr: float = 1e-3
     unet_lr: float | None = None          # learning rate of stage b's adapter + UNet (None: ``lr``)
+    # stage b's training timesteps: t = T * sigmoid(N(mean, std)) (logit-normal), or uniform when mean is None.
+    # mean 1 leans to the noisy end, where the layout is decided
+    unet_t_mean: float | None = 1.0
+    unet_t_std: float = 1.0
     llm_lr: float = 1.5e-3
     ckpt_every: int = 200
     log_every: int = 10
     quick: bool = False
+
+    def __post_init__(self):
+        self.llm_mix = tuple(self.llm_mix)
+        bad = [k for k in self.llm_mix if k not in LLM_TASKS]
+        if not self.llm_mix or bad:
+            raise ValueError(f"llm_mix must be a non-empty sequence of {', '.join(LLM_TASKS)}; got {list(self.llm_mix)}")
 
     @classmethod
     def quick_run(cls, **kw) -> "TrainConfig":
@@ -146,6 +165,15 @@ def _atomic_save(obj, path: Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def unet_timesteps(cfg: TrainConfig, generator: torch.Generator, n: int, T: int = 1000):
+    """``n`` training timesteps for stage b: logit-normal ``T * sigmoid(N(unet_t_mean, unet_t_std))`` (``[n]`` ints
+    in [0, T)), or None (uniform, drawn by the de-tokenizer) when ``unet_t_mean`` is None."""
+    if cfg.unet_t_mean is None:
+        return None
+    u = torch.randn(n, generator=generator) * cfg.unet_t_std + cfg.unet_t_mean
+    return (torch.sigmoid(u) * T).long().clamp(0, T - 1)
 
 
 def _cosine(step, total, base, warmup=20):
@@ -566,7 +594,7 @@ class Trainer:
             g.manual_seed(_seed_of(cfg, "unet", i, 0))
             idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
             f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
-            loss = d.training_loss(f, None, generator=g, latents=lats[idx])
+            loss = d.training_loss(f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx)))
             return loss, None, None
 
         self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
@@ -596,9 +624,7 @@ class Trainer:
         m, cfg = self.model, self.cfg
         lv = m.lvlm
         lv.train()
-        # describing is the hardest of the three tasks (the story task only has to learn where <img> goes):
-        # every other step is a comprehension batch
-        kinds = ("caption", "comprehension", "story", "comprehension")
+        kinds = tuple(cfg.llm_mix)
 
         def step(i):
             kind = kinds[i % len(kinds)]

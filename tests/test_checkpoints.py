@@ -90,6 +90,9 @@ def test_round_trip_gives_identical_outputs(model, loaded):
     assert np.array_equal(np.asarray(r1.image), np.asarray(r2.image))
     img = Image.new("RGB", (120, 60), (200, 20, 20))
     assert model.describe(img, max_new_tokens=6) == loaded.describe(img, max_new_tokens=6)
+    vit_feats = torch.randn(2, 256, 64, generator=torch.Generator().manual_seed(5))   # the place bias travels too
+    assert model.config.input_locality > 0
+    assert torch.equal(model.lvlm.input_resampler(vit_feats), loaded.lvlm.input_resampler(vit_feats))
 
 
 def test_a_loaded_model_does_not_alias_its_files(model, root, tmp_path):
@@ -132,6 +135,7 @@ def test_configs_survive_the_round_trip(model, loaded):
     assert d.llm.hidden_size == c.llm.hidden_size and d.llm.vocab_size == c.llm.vocab_size
     assert loaded.detok.vae.config.scaling_factor == model.detok.vae.config.scaling_factor
     assert loaded.lvlm.input_resampler.config == model.lvlm.input_resampler.config
+    assert (d.input_locality, d.input_local_heads) == (c.input_locality, c.input_local_heads)
     assert loaded.lvlm.output_resampler.config == model.lvlm.output_resampler.config
 
 

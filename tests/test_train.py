@@ -1,4 +1,6 @@
 """Training helpers of seedx-tiny: data encoding, batching, the stage-a targets, and a micro run."""
+import math
+
 import pytest
 import torch
 
@@ -93,15 +95,38 @@ def test_collate_masks_match_blocks(model):
     assert torch.isfinite(out["loss"]) and out["rec"].shape == (1, 64, D)
 
 
-def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path):
+def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path, monkeypatch):
     from seedx_lab.model import load
     cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), out=str(tmp_path / "m"), vit_steps=3, vae_steps=2,
                                 unet_steps=2, llm_steps=3, cache_size=8, comprehension_pool=2, story_pool=2,
-                                vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1)
+                                vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1,
+                                llm_mix=["comprehension", "caption"])
+    asked = []
+    real = Trainer.llm_examples
+    monkeypatch.setattr(Trainer, "llm_examples", lambda self, kind, step, n: asked.append((kind, n)) or real(self, kind, step, n))
     out = Trainer(cfg, fresh=True, progress=False).run()
+    assert asked == [("comprehension", 2), ("caption", 3), ("comprehension", 2)]   # the mix in turn; half batches
     rows = read_log(tmp_path / "w" / "train_log.csv")
     assert [r["stage"] for r in rows] == ["vit"] * 3 + ["vae"] * 2 + ["unet"] * 2 + ["llm"] * 3
     assert all(r["loss"] == r["loss"] for r in rows)                      # no NaN
     m = load(out)
     assert m.detok.vae.config.scaling_factor != 1.0                         # calibrated after stage b
     assert (out / "train_log.csv").exists() and (out / "train_config.json").exists()
+
+
+def test_llm_mix_names_known_tasks():
+    with pytest.raises(ValueError, match=r"llm_mix must be a non-empty sequence of caption, comprehension, story; got \['captions'\]"):
+        TrainConfig(llm_mix=("captions",))
+    with pytest.raises(ValueError, match="non-empty"):
+        TrainConfig(llm_mix=())
+
+
+def test_unet_timesteps_are_logit_normal_or_left_to_the_detokenizer():
+    from seedx_lab.train import unet_timesteps
+    g = torch.Generator().manual_seed(0)
+    t = unet_timesteps(TrainConfig(unet_t_mean=1.0, unet_t_std=1.0), g, 4000)
+    assert t.shape == (4000,) and t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= 999
+    # the median of T * sigmoid(N(1, 1)) is T * sigmoid(1); a quarter lies below T * sigmoid(1 - 0.674)
+    assert abs(float(t.float().median()) - 1000 / (1 + math.exp(-1))) < 15
+    assert abs(float((t < 1000 / (1 + math.exp(-(1 - 0.6745)))).float().mean()) - 0.25) < 0.03
+    assert unet_timesteps(TrainConfig(unet_t_mean=None), g, 8) is None
