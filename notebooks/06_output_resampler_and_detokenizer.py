@@ -354,18 +354,19 @@ plt.show()
 print("rows of pictures:", *[c.caption for c in captions[:2]], sep="\n  ")
 
 # %% [markdown]
-# Read the plot with the pictures next to it. After two steps the picture is still part noise; by five
-# steps the objects have formed, and later steps mostly sharpen them. The number of steps is not what
-# limits this de-tokenizer: the `all` line stays far below the true images' ceiling, and the row fed the true
-# features shows how much of that gap is the de-tokenizer's own (a small UNet trained for minutes on a CPU),
-# not the LLM's. The claim's "50 steps" is a setting, not a necessity.
+# Read the plot with the pictures next to it. After two steps the objects are already in place, only darker
+# and softer; later steps sharpen them, and the judge's scores move by a caption or so of the 16. (This
+# de-tokenizer was trained mostly on the noisy end of the schedule, where the layout is decided; see
+# `train.py`.) The number of steps is not what limits it: the `all` line stays below the row fed the true
+# features, which shows how much of the gap to the true images is the LLM's and how much the de-tokenizer's
+# own (a small UNet trained for minutes on a CPU). The claim's "50 steps" is a setting, not a necessity.
 
 # %%
-assert results[25]["attributes"] >= results[2]["attributes"]
-best = max(STEPS, key=lambda n: (results[n]["attributes"], -n))
+spread = max(results[n]["attributes"] for n in STEPS) - min(results[n]["attributes"] for n in STEPS)
+assert spread <= 0.1 and results[25]["all"] <= ref["all"]
 print(f"claim #12 on seedx-tiny: mean attribute accuracy {results[2]['attributes']:.2f} with 2 steps, "
-      f"{results[25]['attributes']:.2f} with 25 (best: {best} steps); more steps are not worse than 2, "
-      f"but whole-caption accuracy stays at {results[25]['all']:.2f} against {np.mean(truth):.2f} for true images")
+      f"{results[25]['attributes']:.2f} with 25 (all step counts within {spread:.2f}); whole-caption accuracy "
+      f"{results[25]['all']:.2f}, {ref['all']:.2f} from true features, {np.mean(truth):.2f} for true images")
 
 # %% [markdown]
 # ## Exercises
@@ -374,8 +375,8 @@ print(f"claim #12 on seedx-tiny: mean attribute accuracy {results[2]['attributes
 #    model was trained?
 # 2. seedx-tiny draws with `guidance_scale=3.0` by default (`model.config.guidance_scale`); the unconditional
 #    branch reads all-zero features. Draw the same features with `guidance_scale=1.0` (no guidance). How much
-#    of the judge's accuracy at 10 steps does guidance buy? (`seedx-lab eval` measured 0.43 -> 0.48 on 100
-#    held-out test captions.)
+#    of the judge's accuracy at 10 steps does guidance buy? (For 200 validation captions `image_accuracy`
+#    measured 0.785 without guidance and 0.83 with it; on 100 test captions 0.76 and 0.74.)
 # 3. Draw `targets` (the true pooled features) and `gen_feats` (the LLM's) side by side for the same seed.
 #    Where do the pictures differ? Compare with the cosine similarities of section 1.
 # 4. In the scrubber, from which step on does the predicted clean image stop changing its colour? Its shape?
