@@ -8,6 +8,9 @@ tokens:
     k    = kv + pos(resized to sqrt(K) x sqrt(K))      [B, K, E]
     out  = MultiheadAttention(q, k, value=kv)          [B, Q, E]
 
+seedx-tiny alone adds an optional place bias to the scores of some heads
+(``ResamplerConfig.locality``; 0, the published value, leaves the module as above).
+
 There is no residual, MLP, output norm or projection inside the module: the
 ViT's attention pool adds ``ln_post`` and ``proj`` around it (see vit.py),
 while SEED-X's input and output resamplers use it bare.

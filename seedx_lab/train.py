@@ -589,12 +589,13 @@ class Trainer:
         d.resampler.train(); d.unet.train()
         g = torch.Generator(device="cpu")
         feats, lats = self.cache["feats"], self.cache["latents"]
+        T = d.scheduler.config.num_train_timesteps
 
         def step(i):
             g.manual_seed(_seed_of(cfg, "unet", i, 0))
             idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
             f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
-            loss = d.training_loss(f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx)))
+            loss = d.training_loss(f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx), T))
             return loss, None, None
 
         self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
