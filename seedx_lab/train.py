@@ -625,7 +625,7 @@ class Trainer:
         m, cfg = self.model, self.cfg
         lv = m.lvlm
         lv.train()
-        kinds = tuple(cfg.llm_mix)
+        kinds = cfg.llm_mix                          # a tuple (TrainConfig.__post_init__)
 
         def step(i):
             kind = kinds[i % len(kinds)]
