@@ -99,13 +99,13 @@ def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path, monkeypat
     from seedx_lab.model import load
     cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), out=str(tmp_path / "m"), vit_steps=3, vae_steps=2,
                                 unet_steps=2, llm_steps=3, cache_size=8, comprehension_pool=2, story_pool=2,
-                                vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1,
-                                llm_mix=["comprehension", "caption"])
+                                vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, comprehension_batch=5,
+                                log_every=1, llm_mix=["comprehension", "caption"])
     asked = []
     real = Trainer.llm_examples
     monkeypatch.setattr(Trainer, "llm_examples", lambda self, kind, step, n: asked.append((kind, n)) or real(self, kind, step, n))
     out = Trainer(cfg, fresh=True, progress=False).run()
-    assert asked == [("comprehension", 2), ("caption", 3), ("comprehension", 2)]   # the mix in turn; half batches
+    assert asked == [("comprehension", 5), ("caption", 3), ("comprehension", 5)]   # the mix in turn, own batch
     rows = read_log(tmp_path / "w" / "train_log.csv")
     assert [r["stage"] for r in rows] == ["vit"] * 3 + ["vae"] * 2 + ["unet"] * 2 + ["llm"] * 3
     assert all(r["loss"] == r["loss"] for r in rows)                      # no NaN
@@ -130,3 +130,53 @@ def test_unet_timesteps_are_logit_normal_or_left_to_the_detokenizer():
     assert abs(float(t.float().median()) - 1000 / (1 + math.exp(-1))) < 15
     assert abs(float((t < 1000 / (1 + math.exp(-(1 - 0.6745)))).float().mean()) - 0.25) < 0.03
     assert unet_timesteps(TrainConfig(unet_t_mean=None), g, 8) is None
+
+
+def test_comprehension_pool_keeps_only_a_share_of_lone_objects(tmp_path):
+    def pool(keep):
+        cfg = TrainConfig.quick_run(work=str(tmp_path / str(keep)), cache_size=2, comprehension_pool=40, story_pool=1,
+                                    comprehension_keep_single=keep)
+        tr = Trainer(cfg, fresh=True, progress=False)
+        tr.build_cache()
+        return [sm for sm, _, _ in tr.cache["comprehension"]]
+
+    def lone(p):
+        return [sm.seed for sm in p if len(sm.scene.objects) == 1]
+
+    every, thinned = pool(1.0), pool(0.35)
+    assert len(every) == len(thinned) == 40
+    assert len(lone(thinned)) < len(lone(every)) - 4
+    # only lone objects are left out: every scene with company among the first 40 is still there, in order
+    company = [sm.seed for sm in every if len(sm.scene.objects) > 1]
+    assert [s for s in (sm.seed for sm in thinned) if s in set(company)] == company
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"comprehension_keep_single must be in \(0, 1\], got {bad}"):
+            TrainConfig(comprehension_keep_single=bad)
+    for bad in (0, 2.5, None):
+        with pytest.raises(ValueError, match=rf"comprehension_batch must be a positive int, got {bad!r}"):
+            TrainConfig(comprehension_batch=bad)
+
+
+def test_comprehension_batches_hold_pictures_of_one_view_count(tmp_path):
+    from collections import Counter
+
+    from seedx_lab.train import _seed_of
+    cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), cache_size=2, comprehension_pool=60, story_pool=1,
+                                comprehension_buckets=True)
+    tr = Trainer(cfg, fresh=True, progress=False)
+    tr.build_cache()
+    views = [int(f.shape[0]) for _, f, _ in tr.cache["comprehension"]]
+    assert len(set(views)) >= 3                                  # the pool mixes aspect ratios
+
+    def batch(step, n=6):
+        return [views[tr._comprehension_index(step, _seed_of(cfg, "llm", step, i))] for i in range(n)]
+
+    drawn = Counter()
+    for step in range(300):
+        b = batch(step)
+        assert len(set(b)) == 1, (step, b)
+        drawn[b[0]] += 1
+    for v in set(views):                                       # buckets come up in proportion to their size
+        assert abs(drawn[v] / 300 - views.count(v) / len(views)) < 0.1, (v, drawn)
+    tr.cfg.comprehension_buckets = False                       # the plain draw mixes view counts in a batch
+    assert sum(len(set(batch(step))) > 1 for step in range(50)) > 30
