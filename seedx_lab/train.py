@@ -599,6 +599,9 @@ class Trainer:
                 continue
             f, p, _ = m.encode_image(sm.image)
             comp.append((sm, f, p))
+        groups: dict[int, list[int]] = {}                    # pool indices by number of views
+        for i, (_, f, _) in enumerate(comp):
+            groups.setdefault(int(f.shape[0]), []).append(i)
         bar.update(1)
         stories = []
         for k in range(cfg.story_pool):
@@ -608,7 +611,8 @@ class Trainer:
             stories.append((sm, f))
         bar.update(1)
         bar.close()
-        self.cache = dict(samples=pool["samples"], feats=feats, latents=lats, comprehension=comp, stories=stories)
+        self.cache = dict(samples=pool["samples"], feats=feats, latents=lats, comprehension=comp,
+                          comprehension_buckets=[groups[v] for v in sorted(groups)], stories=stories)
 
     def stage_unet(self):
         m, cfg = self.model, self.cfg
@@ -652,15 +656,9 @@ class Trainer:
         """Pool index of a comprehension example of step ``step`` drawn with seed ``s``: from the whole pool,
         or (``comprehension_buckets``) from the step's bucket of pictures with one view count, the bucket
         drawn in proportion to its size."""
-        pool = self.cache["comprehension"]
         if not self.cfg.comprehension_buckets:
-            return s % len(pool)
-        if getattr(self, "_buckets", None) is None or self._buckets[1] != len(pool):
-            groups: dict[int, list[int]] = {}
-            for k, (_, feats, _) in enumerate(pool):
-                groups.setdefault(int(feats.shape[0]), []).append(k)
-            self._buckets = ([groups[v] for v in sorted(groups)], len(pool))
-        buckets = self._buckets[0]
+            return s % len(self.cache["comprehension"])
+        buckets = self.cache["comprehension_buckets"]
         bucket = random.Random(_seed_of(self.cfg, "llm", step, 7_777_777)).choices(buckets, [len(b) for b in buckets])[0]
         return bucket[s % len(bucket)]
 
