@@ -180,3 +180,23 @@ def test_comprehension_batches_hold_pictures_of_one_view_count(tmp_path):
         assert abs(drawn[v] / 300 - views.count(v) / len(views)) < 0.1, (v, drawn)
     tr.cfg.comprehension_buckets = False                       # the plain draw mixes view counts in a batch
     assert sum(len(set(batch(step))) > 1 for step in range(50)) > 30
+
+
+def test_story_steps_draw_text_only_samples_at_the_configured_rate(tmp_path):
+    cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), cache_size=2, comprehension_pool=2, story_pool=8)
+    tr = Trainer(cfg, fresh=True, progress=False)
+    tr.build_cache()
+    boi = tr.model.token_ids.boi
+
+    def text_only_share(rate, steps=40, n=8):
+        tr.cfg.story_text_only = rate
+        seqs = [e[0] for step in range(steps) for e in tr.llm_examples("story", step, n)]
+        return sum(boi not in ids for ids in seqs) / len(seqs)
+
+    assert text_only_share(0.0) == 0.0                           # every story of the pool holds an image
+    assert text_only_share(1.0) == 1.0
+    for rate in (0.3, 0.6):
+        assert abs(text_only_share(rate) - rate) < 0.08
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"story_text_only must be in \[0, 1\], got {bad}"):
+            TrainConfig(story_text_only=bad)
