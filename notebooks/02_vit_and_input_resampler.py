@@ -350,13 +350,19 @@ for group in ("one object", "2-3 objects"):
           f"{tally[group, 'absent']}; nothing named at the place: {tally[group, 'nothing at its place']}")
 one = tally["one object", "named"] / tally["one object", "objects"]
 several = tally["2-3 objects", "named"] / tally["2-3 objects", "objects"]
-assert one > several + 0.1 and tally["2-3 objects", "borrowed"] > 2 * tally["2-3 objects", "absent"]
-print("objects alone are named far more often than objects in company, and most wrong attributes in company "
-      "belong to another object of the same picture: the failure is binding, not seeing")
+# the all-free model named 39 of 73 objects in company; its successor with the place bias alone, 48
+assert several > 48 / 73 + 0.1 and tally["2-3 objects", "borrowed"] > tally["2-3 objects", "absent"]
+print("objects in company are named far more often than by the earlier models, and the wrong attributes that "
+      "are left mostly belong to another object of the same picture: what remains is binding, not seeing")
 
 # %% [markdown]
-# Against the earlier all-free model on the same 60 pictures (39 of 73 in company, 41 borrowed), the place
-# bias names more objects in company and borrows less, but binding is not solved.
+# On the same 60 pictures the earlier all-free model named 39 of 73 objects in company (41 attributes
+# borrowed), and the checkpoint before this one, with the place bias but trained on the world's own mix of
+# scenes, named 48 (26 borrowed, 28 of 28 lone objects). The place bias alone did not solve binding. What
+# lifted objects in company to the count above was data: the shipped LLM stage describes pictures with
+# company most of the time (only 0.2 of the one-object scenes are kept) and reads 24 of them per step, where
+# the earlier one read 8 drawn from the world's mix (`TrainConfig.comprehension_keep_single`,
+# `comprehension_batch`; the README has the measurements). It costs little on lone objects.
 #
 # Part of the mixing happens before the resampler, in the ViT's own attention pool. A linear probe trained
 # on single ViT output tokens (a scratch experiment on 600 validation pictures) reads a cell's colour right
