@@ -46,6 +46,8 @@ def _cmd_train(args) -> int:
         kw["work"] = args.work
     if args.threads:
         kw["threads"] = args.threads
+    if args.sequential:
+        kw["parallel"] = False
     cfg = TrainConfig.quick_run(**kw) if args.quick else TrainConfig(**kw)
     train(cfg, fresh=args.fresh, progress=not args.no_progress)
     return 0
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--sequential", action="store_true",
+                    help="stages b and c one after the other in this process (default on a CPU: side by side in "
+                         "two processes of half the threads each)")
     tr.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_cmd_train)

@@ -43,8 +43,16 @@ pictures with company also made the model read ``<img>`` into plain text (a full
 so 0.6 of a story step's sequences are text-only samples (``story_text_only``; 0.3 before). With these
 batches the LLM learns at 1e-3 (2e-3 described worse, 2.5e-3 diverged).
 
-Everything is seeded; progress bars show each stage; every stage logs to ``train_log.csv``; a
-resumable state (``state.pt``, written atomically) is kept in the work directory.
+Stages b and c both start from the finished ViT and never read each other, so on a CPU they run side by
+side (``parallel``, the default): two spawned "lanes", ``detok`` (stage b) and ``llm`` (stage c), of half the
+threads each. Models this small use a second thread poorly, so two one-thread processes get more done per
+second than one two-thread process (``benchmarks/lanes.py``). A lane's weights are what one process with
+the lane's thread count would write, bit for bit (a test checks it).
+
+Everything is seeded; progress bars show each stage (a lane's progress is drawn by the parent); every stage
+logs to ``train_log.csv``; a resumable state (``state.pt``; ``state-detok.pt`` and ``state-llm.pt`` while
+the lanes run, merged into ``state.pt`` when both are done; all written atomically) is kept in the work
+directory.
 """
 from __future__ import annotations
 
@@ -52,8 +60,13 @@ import csv
 import json
 import math
 import os
+import queue
 import random
+import subprocess
+import sys
+import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -70,6 +83,10 @@ from .lvlm import pool_targets
 from .model import DESCRIBE_QUESTION, SeedX, SeedXConfig
 
 STAGES = ("vit", "vae", "unet", "llm")
+STAGE_ORDER = ("vit", "vae", "vae_calibrated", "unet", "llm")      # entries of a state's ``done`` list
+# stages b and c as two lanes that may run side by side once the ViT is trained, and the parameters each owns
+LANES = {"detok": ("vae", "vae_calibrated", "unet"), "llm": ("llm",)}
+LANE_PARAMS = {"detok": "detok.", "llm": "lvlm."}
 LLM_TASKS = ("caption", "comprehension", "story")
 N_POS = len(W.POSITIONS)
 
@@ -122,6 +139,11 @@ class TrainConfig:
     llm_lr: float = 1e-3
     ckpt_every: int = 200
     log_every: int = 10
+    # stages b (VAE, adapter + UNet) and c (LLM) need the finished ViT but not each other: on a CPU they run
+    # side by side in two processes ("lanes") of half the threads each, because these small models use a
+    # second thread poorly (one step on two threads is only 1.5-1.7x as fast as on one). False, or a device
+    # other than the CPU: one stage after another in this process
+    parallel: bool = True
     quick: bool = False
 
     def __post_init__(self):
@@ -166,14 +188,15 @@ class CSVLog:
 
     FIELDS = ("stage", "step", "loss", "part1", "part2", "lr", "elapsed_s")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, t0: float | None = None):
         self.path = path
         new = not path.exists()
         self.f = open(path, "a", newline="")
         self.w = csv.DictWriter(self.f, fieldnames=self.FIELDS)
         if new:
             self.w.writeheader()
-        self.t0 = time.time()
+            self.f.flush()
+        self.t0 = time.time() if t0 is None else t0       # a lane process counts from its parent's start
 
     def write(self, stage, step, loss, part1=None, part2=None, lr=None):
         self.w.writerow(dict(stage=stage, step=step, loss=f"{loss:.5f}",
@@ -440,24 +463,37 @@ def collate(model: SeedX, examples, device="cpu"):
 # --------------------------------------------------------------------------- the trainer
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, fresh: bool = False, progress: bool = True):
-        self.cfg = cfg
+    """Runs the stages in order and keeps the resumable state. ``lane`` ("detok" or "llm") makes it the
+    trainer of one lane process (see :data:`LANES`), with its own state file ``state-<lane>.pt``."""
+
+    def __init__(self, cfg: TrainConfig, fresh: bool = False, progress: bool = True, lane: str | None = None,
+                 t0: float | None = None, remote=None):
+        if lane is not None and lane not in LANES:
+            raise ValueError(f"lane must be one of {', '.join(LANES)}, got {lane!r}")
+        self.cfg, self.lane, self.remote = cfg, lane, remote
         self.work = Path(cfg.work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.work / "state.pt"
+        self.state_path = self.work / ("state.pt" if lane is None else f"state-{lane}.pt")
         self.progress = progress
-        if cfg.threads:
+        if cfg.threads and lane is None:
             torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
         self.model = build_model(cfg.seed, self.device)
         self.done: list[str] = []
         self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
         if fresh:
-            for f in ("state.pt", "train_log.csv"):
+            for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
                 (self.work / f).unlink(missing_ok=True)
         elif self.state_path.exists():
-            self._load_state()
-        self.log = CSVLog(self.work / "train_log.csv")
+            self._load_state(self.state_path)
+        elif lane is not None:                       # a lane starts from the main state (the finished ViT)
+            self._load_state(self.work / "state.pt")
+        self.log = CSVLog(self.work / "train_log.csv", t0=t0)
+
+    @property
+    def parallel(self) -> bool:
+        """Whether stages b and c run as two lane processes (``cfg.parallel`` on a CPU)."""
+        return self.cfg.parallel and self.device.type == "cpu"
 
     # -- state ---------------------------------------------------------------
     def _save_state(self, stage, step, opt):
@@ -465,20 +501,38 @@ class Trainer:
                           model=self.model.state_dict(), opt=opt.state_dict() if opt else None,
                           scaling_factor=float(self.model.detok.vae.config.scaling_factor)), self.state_path)
 
-    def _load_state(self):
+    def _read_state(self, path: Path) -> dict:
         try:
-            st = torch.load(self.state_path, map_location=self.device, weights_only=False)
+            st = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as e:  # a torn write cannot happen (atomic), but a foreign file can
-            raise ValueError(f"cannot resume from {self.state_path}: {e}; run with --fresh") from None
+            raise ValueError(f"cannot resume from {path}: {e}; run with --fresh") from None
+        missing = [k for k in ("model", "scaling_factor", "done", "stage", "step", "opt") if k not in st] \
+            if isinstance(st, dict) else ["model"]
+        if missing:
+            raise ValueError(f"cannot resume from {path}: missing entry {missing[0]!r} (written by a different "
+                             "configuration?); run with --fresh")
+        return st
+
+    def _load_state(self, path: Path, prefix: str = ""):
+        """Load a saved state into this trainer (only the parameters under ``prefix`` when merging a lane)."""
+        st = self._read_state(path)
         try:
-            self.model.load_state_dict(st["model"])
+            if prefix:
+                sd = self.model.state_dict()
+                sd.update({k: v for k, v in st["model"].items() if k.startswith(prefix)})
+                self.model.load_state_dict(sd)
+            else:
+                self.model.load_state_dict(st["model"])
+        except (TypeError, RuntimeError, AttributeError) as e:   # another model's state, or not a state at all
+            raise ValueError(f"cannot resume from {path}: {str(e).splitlines()[0]} (written by a different "
+                             "configuration?); run with --fresh") from None
+        if not prefix or prefix == "detok.":
             self.model.detok.vae.register_to_config(scaling_factor=st["scaling_factor"])
+        if prefix:
+            self.done = [k for k in STAGE_ORDER if k in self.done or k in st["done"]]
+        else:
             self.done = list(st["done"])
             self.resume_stage, self.resume_step, self.resume_opt = st["stage"], st["step"], st["opt"]
-        except (KeyError, TypeError, RuntimeError) as e:   # another model's state, or not a state at all
-            msg = f"missing entry {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
-            raise ValueError(f"cannot resume from {self.state_path}: {msg} (written by a different "
-                             "configuration?); run with --fresh") from None
 
     def _start(self, stage, opt):
         if self.resume_stage == stage and self.resume_opt is not None:
@@ -487,6 +541,8 @@ class Trainer:
         return 0
 
     def _bar(self, stage, total, start):
+        if self.remote is not None:
+            return _RemoteBar(self.remote, stage, start, total)
         return tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total,
                     disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
 
@@ -589,38 +645,51 @@ class Trainer:
         return torch.cat([self.model.vit(normalize(unit[k:k + 128].to(self.device))) for k in range(0, len(unit), 128)])
 
     @torch.no_grad()
-    def build_cache(self):
-        """Frozen-encoder features (and VAE latents) of the sample pools used by stages b and c."""
+    def build_cache(self, detok: bool = True, llm: bool = True):
+        """Frozen-encoder features of the sample pools: the caption pool's ViT features (both stages) and VAE
+        latents (``detok``: stage b), the comprehension pictures' view features and the stories' image
+        features (``llm``: stage c). Parts already in ``self.cache`` are kept."""
         m, cfg = self.model, self.cfg
+        c = self.cache = getattr(self, "cache", None) or {}
         pool = self.caption_pool()
-        bar = tqdm(total=4, desc="cache features", disable=not self.progress)
-        feats = self._vit_features(pool["unit"])
-        lats = torch.cat([m.detok.vae.encode(pool["unit"][k:k + 128].to(self.device) * 2 - 1).latent_dist.mean
-                          for k in range(0, len(pool["unit"]), 128)]) * m.detok.vae.config.scaling_factor
-        bar.update(2)
-        comp, k = [], 0
-        while len(comp) < cfg.comprehension_pool:
-            s = _seed_of(cfg, "llm", 0, 50_000_000 + k)
-            k += 1
-            sm = W.comprehension_sample(s)
-            if len(sm.scene.objects) == 1 and random.Random(s).random() >= cfg.comprehension_keep_single:
-                continue
-            f, p, _ = m.encode_image(sm.image)
-            comp.append((sm, f, p))
-        groups: dict[int, list[int]] = {}                    # pool indices by number of views
-        for i, (_, f, _) in enumerate(comp):
-            groups.setdefault(int(f.shape[0]), []).append(i)
-        bar.update(1)
-        stories = []
-        for k in range(cfg.story_pool):
-            sm = W.story_sample(_seed_of(cfg, "llm", 0, 60_000_000 + k))
-            imgs = sm.images()
-            f = self._vit_features(torch.stack([image_to_unit(im) for im in imgs]))
-            stories.append((sm, f))
-        bar.update(1)
+        todo = ["feats"] + ["latents"] * detok + ["comprehension", "stories"] * llm
+        todo = [k for k in todo if k not in c]
+        bar = tqdm(total=len(todo), desc="cache features", disable=not self.progress or not todo)
+        c["samples"] = pool["samples"]
+        if "feats" in todo:
+            c["feats"] = self._vit_features(pool["unit"])
+            bar.update(1)
+        if "latents" in todo:
+            vae = m.detok.vae
+            c["latents"] = torch.cat([vae.encode(pool["unit"][k:k + 128].to(self.device) * 2 - 1).latent_dist.mean
+                                      for k in range(0, len(pool["unit"]), 128)]) * vae.config.scaling_factor
+            bar.update(1)
+        if "comprehension" in todo:
+            comp, k = [], 0
+            while len(comp) < cfg.comprehension_pool:
+                s = _seed_of(cfg, "llm", 0, 50_000_000 + k)
+                k += 1
+                # decide from the scene before rendering: most one-object candidates are dropped
+                if len(W.sample_scene(s, "train", *W.aspect_for_seed(s)).objects) == 1 and \
+                        random.Random(s).random() >= cfg.comprehension_keep_single:
+                    continue
+                sm = W.comprehension_sample(s)
+                f, p, _ = m.encode_image(sm.image)
+                comp.append((sm, f, p))
+            groups: dict[int, list[int]] = {}                # pool indices by number of views
+            for i, (_, f, _) in enumerate(comp):
+                groups.setdefault(int(f.shape[0]), []).append(i)
+            c["comprehension"], c["comprehension_buckets"] = comp, [groups[v] for v in sorted(groups)]
+            bar.update(1)
+        if "stories" in todo:
+            stories = []
+            for k in range(cfg.story_pool):
+                sm = W.story_sample(_seed_of(cfg, "llm", 0, 60_000_000 + k))
+                f = self._vit_features(torch.stack([image_to_unit(im) for im in sm.images()]))
+                stories.append((sm, f))
+            c["stories"] = stories
+            bar.update(1)
         bar.close()
-        self.cache = dict(samples=pool["samples"], feats=feats, latents=lats, comprehension=comp,
-                          comprehension_buckets=[groups[v] for v in sorted(groups)], stories=stories)
 
     def stage_unet(self):
         m, cfg = self.model, self.cfg
@@ -687,14 +756,95 @@ class Trainer:
         lv.eval()
 
     # -- all -------------------------------------------------------------------
+    def run_lane(self, lane: str | None = None):
+        """Stage b ("detok": VAE, its calibration, adapter + UNet) or stage c ("llm"), with the caches it reads."""
+        lane = lane or self.lane
+        self.model.vit.eval().requires_grad_(False)          # trained (stage a) and frozen from here on
+        if lane == "detok":
+            self.stage_vae()
+            if "unet" not in self.done:
+                self.build_cache(llm=False)
+                self.stage_unet()
+        elif "llm" not in self.done:
+            self.build_cache(detok=False)
+            self.stage_llm()
+
+    def _lane_files(self) -> list[Path]:
+        return [f for f in (self.work / f"state-{k}.pt" for k in LANES) if f.exists()]
+
+    def _run_lanes(self):
+        """Stages b and c in two child processes of half the threads each (``python -c`` running
+        :func:`_lane_main`, so no script of the caller is re-imported); their progress comes back over their
+        stdout and is drawn here; their states are merged into ``state.pt`` when both have finished."""
+        todo = [lane for lane, stages in LANES.items() if any(k not in self.done for k in stages)]
+        if todo:
+            _VIT_POOLS.clear()                               # the lanes do not need stage a's views
+            threads = max(1, (self.cfg.threads or torch.get_num_threads()) // 2)
+            spec = json.dumps(dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0))
+            totals = dict(vae=self.cfg.vae_steps, unet=self.cfg.unet_steps, llm=self.cfg.llm_steps)
+            stages = [k for lane in todo for k in LANES[lane] if k in totals and k not in self.done]
+            bars = {k: tqdm(total=totals[k], desc=f"stage {k}", position=i, disable=not self.progress,
+                            dynamic_ncols=True, mininterval=1.0) for i, k in enumerate(stages)}
+            msgs: queue.Queue = queue.Queue()
+            procs: dict[str, subprocess.Popen] = {}
+            try:
+                for lane in todo:
+                    procs[lane] = p = subprocess.Popen(
+                        [sys.executable, "-c", f"from seedx_lab.train import _lane_main; _lane_main({lane!r})"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+                    p.stdin.write(spec)
+                    p.stdin.close()
+                    threading.Thread(target=_read_lane, args=(lane, p.stdout, msgs), daemon=True).start()
+                running = set(todo)
+                while running:
+                    lane, msg = msgs.get()
+                    if msg[0] == "step":
+                        _, stage, n, total, post = msg
+                        bar = bars.get(stage)
+                        if bar is not None:
+                            bar.update(n - bar.n)
+                            if post:
+                                bar.set_postfix_str(post, refresh=False)
+                    elif msg[0] == "done":
+                        running.discard(lane)
+                    elif msg[0] == "error":               # ("error", kind, message, traceback)
+                        _, kind, text, tb = msg
+                        if kind == "ValueError":          # a refused state or setting: say it plainly
+                            raise ValueError(f"training lane '{lane}': {text}")
+                        raise RuntimeError(f"training lane '{lane}' failed with {kind}: {text}\n\n{tb}")
+                    elif lane in running:                 # ("eof",): it died without a word (killed, out of memory)
+                        raise RuntimeError(f"training lane '{lane}' stopped with exit code {procs[lane].wait()}; "
+                                           "run again to resume it")
+            finally:
+                for p in procs.values():
+                    if p.poll() is None:
+                        p.terminate()
+                    p.wait()
+                for bar in bars.values():
+                    bar.close()
+        for lane in LANES:                                   # merge: each lane owns its own parameters
+            f = self.work / f"state-{lane}.pt"
+            if f.exists():
+                self._load_state(f, prefix=LANE_PARAMS[lane])
+        missing = [k for k in STAGE_ORDER if k not in self.done]
+        if missing:
+            raise RuntimeError(f"the training lanes ended without finishing {', '.join(missing)}")
+        self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
+        self._save_state(None, 0, None)
+        for f in self._lane_files():
+            f.unlink()
+
     def run(self) -> Path:
         t0 = time.time()
         self.stage_vit()
-        self.stage_vae()
-        if "unet" not in self.done or "llm" not in self.done:
-            self.build_cache()
-        self.stage_unet()
-        self.stage_llm()
+        if self.parallel:
+            self._run_lanes()
+        else:
+            if self._lane_files():
+                raise ValueError(f"{self._lane_files()[0]} holds a lane of a parallel run: resume it with "
+                                 "parallel=True on the CPU, or start over with --fresh")
+            for lane in LANES:
+                self.run_lane(lane)
         self.model.eval()
         self.log.close()
         minutes = (time.time() - t0) / 60
@@ -704,6 +854,57 @@ class Trainer:
                                           "train_config.json": json.dumps(asdict(self.cfg), indent=2)})
         print(f"saved {out} after {minutes:.1f} min of training in this run")
         return out
+
+
+_LANE_MARK = "\x1eseedx-lane "                           # starts each message line a lane writes to stdout
+
+
+class _RemoteBar:
+    """Stands in for a tqdm bar in a lane process: yields the steps and sends ``("step", stage, done, total,
+    postfix)`` to the parent at most twice a second (and after the last step)."""
+
+    def __init__(self, send, stage: str, start: int, total: int):
+        self.send, self.stage, self.start, self.total = send, stage, start, total
+        self.post, self.last = "", 0.0
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield step
+            now = time.time()
+            if now - self.last > 0.5 or step == self.total - 1:
+                self.send("step", self.stage, step + 1, self.total, self.post)
+                self.last = now
+
+    def set_postfix(self, **kw):
+        self.post = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _lane_main(lane: str):
+    """Entry point of a lane process: reads ``{"cfg", "threads", "t0"}`` as JSON from stdin, runs the lane,
+    and reports progress, the end or its error as marked JSON lines on stdout."""
+    spec = json.loads(sys.stdin.read())
+
+    def send(*msg):
+        print(_LANE_MARK + json.dumps(msg), flush=True)
+
+    try:
+        torch.set_num_threads(spec["threads"])
+        Trainer(TrainConfig(**spec["cfg"]), progress=False, lane=lane, t0=spec["t0"], remote=send).run_lane()
+        send("done")
+    except BaseException as e:                               # the parent raises it, by kind and message
+        send("error", type(e).__name__, str(e), traceback.format_exc())
+        sys.exit(1)
+
+
+def _read_lane(lane: str, stream, out: queue.Queue):
+    """Reader thread of the parent: a lane's marked lines to ``out`` as ``(lane, message)``, anything else it
+    prints passed through; ``(lane, ("eof",))`` when its stdout closes."""
+    for line in stream:
+        if line.startswith(_LANE_MARK):
+            out.put((lane, json.loads(line[len(_LANE_MARK):])))
+        else:
+            sys.stdout.write(line)
+    out.put((lane, ("eof",)))
 
 
 def train(cfg: TrainConfig | None = None, fresh: bool = False, progress: bool = True) -> Path:

@@ -294,7 +294,8 @@ def test_train_atomic_save_keeps_the_old_state_on_failure(tmp_path, monkeypatch)
 def tiny_config(tmp_path):
     return TrainConfig.quick_run(work=str(tmp_path), out=str(tmp_path / "m"), vit_steps=4, vae_steps=2,
                                  unet_steps=2, llm_steps=3, cache_size=16, comprehension_pool=4, story_pool=4,
-                                 ckpt_every=2, vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1)
+                                 ckpt_every=2, vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, log_every=1,
+                                 parallel=False)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

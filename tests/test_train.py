@@ -1,5 +1,6 @@
 """Training helpers of seedx-tiny: data encoding, batching, the stage-a targets, and a micro run."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,7 +101,7 @@ def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path, monkeypat
     cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), out=str(tmp_path / "m"), vit_steps=3, vae_steps=2,
                                 unet_steps=2, llm_steps=3, cache_size=8, comprehension_pool=2, story_pool=2,
                                 vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, comprehension_batch=5,
-                                log_every=1, llm_mix=["comprehension", "caption"])
+                                log_every=1, llm_mix=["comprehension", "caption"], parallel=False)
     asked = []
     real = Trainer.llm_examples
     monkeypatch.setattr(Trainer, "llm_examples", lambda self, kind, step, n: asked.append((kind, n)) or real(self, kind, step, n))
@@ -112,6 +113,67 @@ def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path, monkeypat
     m = load(out)
     assert m.detok.vae.config.scaling_factor != 1.0                         # calibrated after stage b
     assert (out / "train_log.csv").exists() and (out / "train_config.json").exists()
+
+
+def _lane_config(tmp_path, name, **kw):
+    base = dict(work=str(tmp_path / name), out=str(tmp_path / name / "m"), vit_steps=3, vae_steps=2, unet_steps=3,
+                llm_steps=4, cache_size=8, comprehension_pool=3, story_pool=2, vit_batch=2, vae_batch=2, unet_batch=2,
+                llm_batch=3, comprehension_batch=2, log_every=1, ckpt_every=2, threads=1)
+    return TrainConfig.quick_run(**{**base, **kw})
+
+
+def test_parallel_lanes_write_the_same_weights_as_one_process(tmp_path):
+    """Stages b and c in two processes give what one process gives with the same thread count, bit for bit:
+    each lane owns its parameters, and the merge takes each from its owner."""
+    from seedx_lab.model import load
+    seq = load(Trainer(_lane_config(tmp_path, "seq", parallel=False), fresh=True, progress=False).run())
+    tr = Trainer(_lane_config(tmp_path, "par"), fresh=True, progress=False)
+    assert tr.parallel
+    par = load(tr.run())
+    a, b = seq.state_dict(), par.state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert par.detok.vae.config.scaling_factor == seq.detok.vae.config.scaling_factor != 1.0
+    # the untrained model differs, so the equality above is not two untouched copies
+    assert not torch.equal(b["lvlm.llm.model.embed_tokens.weight"], Trainer(_lane_config(tmp_path, "raw"), fresh=True,
+                           progress=False).model.state_dict()["lvlm.llm.model.embed_tokens.weight"])
+    key = lambda r: (r["stage"], r["step"], r["loss"])
+    rows_seq, rows_par = (read_log(tmp_path / n / "train_log.csv") for n in ("seq", "par"))
+    assert sorted(map(key, rows_par)) == sorted(map(key, rows_seq)) and len(rows_par) == 3 + 2 + 3 + 4
+    st = torch.load(tmp_path / "par" / "state.pt", weights_only=False)
+    assert st["done"] == ["vit", "vae", "vae_calibrated", "unet", "llm"] and st["stage"] is None
+    assert sorted(p.name for p in (tmp_path / "par").glob("state*")) == ["state.pt"]      # lane states merged
+
+
+def _cmdline(proc_dir) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:                                   # gone meanwhile
+        return b""
+
+
+def test_a_failing_lane_stops_the_run_and_names_its_state(tmp_path):
+    cfg = _lane_config(tmp_path, "bad")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state-llm.pt").write_bytes(b"not a state")
+    with pytest.raises(ValueError, match=r"training lane 'llm': cannot resume from .*state-llm\.pt.*--fresh"):
+        Trainer(cfg, progress=False).run()
+    lanes = [p for p in Path("/proc").glob("[0-9]*") if b"_lane_main" in _cmdline(p)]
+    assert lanes == []                                # the other lane was stopped, not left running
+    assert not (tmp_path / "bad" / "m").exists()
+    # a one-process run refuses to resume over a lane's state instead of silently dropping it
+    with pytest.raises(ValueError, match=r"state-llm\.pt holds a lane of a parallel run.*--fresh"):
+        Trainer(_lane_config(tmp_path, "bad", parallel=False), progress=False).run()
+
+
+def test_cli_train_runs_the_lanes_unless_told_to_stay_in_one_process(monkeypatch, tmp_path):
+    from seedx_lab import cli
+    from seedx_lab import train as TR
+    seen = []
+    monkeypatch.setattr(TR, "train", lambda cfg, fresh, progress: seen.append(cfg))
+    for extra in ([], ["--sequential"]):
+        assert cli.main(["train", "--quick", "--work", str(tmp_path), *extra]) == 0
+    assert [c.parallel for c in seen] == [True, False] and all(c.quick for c in seen)
 
 
 def test_llm_mix_names_known_tasks():

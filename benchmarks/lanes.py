@@ -1,0 +1,99 @@
+"""Training lanes: stages b and c side by side in two one-thread processes vs one after another on all threads.
+
+What ``TrainConfig.parallel`` buys on this CPU. Each variant trains the adapter + UNet (stage b) for
+``--steps`` steps and the LLM + resamplers (stage c, its step mix in turn) for as many steps, on the
+seedx-tiny shapes with small sample pools, each stage in a fresh spawned process:
+
+* ``one after another``: stage b, then stage c, each process with ``--threads`` threads (default: all
+  of torch's, 2 here) -- what ``parallel=False`` does;
+* ``side by side``: both processes at once, each with half the threads -- what the lanes do.
+
+The timed region of a process is its training steps only (not the import, the model or the caches);
+the wall time of a variant is the sum (one after another) or the longer (side by side) of its two
+processes. ``ratio`` = one after another / side by side: above 1 the lanes finish stage b and c
+sooner. Repeats alternate the variants.
+
+Run: ``python -m benchmarks.lanes [--steps 30] [--repeats 3]``.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import torch
+
+from ._common import header, med, parser, result_line, setup
+
+
+def _train_steps(stage: str, threads: int, steps: int, q) -> None:
+    """Spawned: ``steps`` optimisation steps of one stage with ``threads`` threads; puts the seconds on ``q``."""
+    import tempfile
+    import warnings
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    from seedx_lab import train as TR
+    with tempfile.TemporaryDirectory() as work:
+        cfg = TR.TrainConfig(work=work, out=work + "/m", cache_size=256, comprehension_pool=96, story_pool=48,
+                             comprehension_keep_single=1.0, parallel=False)
+        tr = TR.Trainer(cfg, fresh=True, progress=False)
+        tr.model.vit.eval().requires_grad_(False)
+        tr.model.detok.vae.eval().requires_grad_(False)
+        tr.build_cache(detok=stage == "unet", llm=stage == "llm")
+        seen = []
+        real = tr._loop
+
+        def timed_loop(name, params, total, lr, step_fn):       # the trainer's own loop, timed after 2 warm-ups
+            def step(i):
+                if i == 2:
+                    seen.append(time.perf_counter())
+                return step_fn(i)
+            real(name, params, steps + 2, lr, step)
+            seen.append(time.perf_counter())
+
+        tr._loop = timed_loop
+        (tr.stage_unet if stage == "unet" else tr.stage_llm)()
+    q.put(seen[1] - seen[0])
+
+
+def run_variant(side_by_side: bool, threads: int, steps: int) -> tuple[float, dict]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    per = max(1, threads // 2) if side_by_side else threads
+    procs = [ctx.Process(target=_train_steps, args=(stage, per, steps, q)) for stage in ("unet", "llm")]
+    times = []
+    if side_by_side:
+        for p in procs:
+            p.start()
+        times = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+        return max(times), dict(zip(("stage b", "stage c"), times))
+    for p in procs:                                        # the two stages one after another
+        p.start()
+        times.append(q.get())
+        p.join()
+    return sum(times), dict(zip(("stage b", "stage c"), times))
+
+
+def main(argv=None) -> str:
+    p = parser(__doc__.splitlines()[0], repeats=3, warmup=0)
+    p.add_argument("--steps", type=int, default=30, help="timed steps of each stage (default 30)")
+    args = p.parse_args(argv)
+    setup(args)
+    threads = args.threads or torch.get_num_threads()
+    header("lanes", args, "seedx-tiny shapes, untrained (the step costs do not depend on the weights)")
+    print(f"steps per stage: {args.steps} (stage c: its step mix in turn); threads: {threads} one after another, "
+          f"{max(1, threads // 2)} per lane side by side")
+    walls = {"one after another": [], "side by side": []}
+    for r in range(args.repeats):
+        for name in walls:
+            wall, parts = run_variant(name == "side by side", threads, args.steps)
+            walls[name].append(wall)
+            print(f"  repeat {r + 1} {name:>17}: {wall:6.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts.items())})",
+                  flush=True)
+    seq, par = med(walls["one after another"]), med(walls["side by side"])
+    return result_line("lanes", ratio=seq / par, seq_s=seq, par_s=par, steps=args.steps, threads=threads)
+
+
+if __name__ == "__main__":
+    main()
