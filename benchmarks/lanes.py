@@ -10,8 +10,11 @@ seedx-tiny shapes with small sample pools, each stage in a fresh spawned process
 
 The timed region of a process is its training steps only (not the import, the model or the caches);
 the wall time of a variant is the sum (one after another) or the longer (side by side) of its two
-processes. ``ratio`` = one after another / side by side: above 1 the lanes finish stage b and c
-sooner. Repeats alternate the variants.
+processes. ``ratio`` = one after another / side by side for these step counts: above 1 the lanes finish
+stages b and c sooner. Equal step counts leave one lane idle at the end, so ``work_ratio`` also gives the
+work done per second when both lanes stay busy (as in the full run, whose lanes end within a minute of each
+other): 2 / the mean of the two stages' slowdowns (one thread beside the other lane vs all threads alone).
+Repeats alternate the variants.
 
 Run: ``python -m benchmarks.lanes [--steps 30] [--repeats 3]``.
 """
@@ -85,14 +88,21 @@ def main(argv=None) -> str:
     print(f"steps per stage: {args.steps} (stage c: its step mix in turn); threads: {threads} one after another, "
           f"{max(1, threads // 2)} per lane side by side")
     walls = {"one after another": [], "side by side": []}
+    stage_s = {name: {"stage b": [], "stage c": []} for name in walls}
     for r in range(args.repeats):
         for name in walls:
             wall, parts = run_variant(name == "side by side", threads, args.steps)
             walls[name].append(wall)
+            for k, v in parts.items():
+                stage_s[name][k].append(v)
             print(f"  repeat {r + 1} {name:>17}: {wall:6.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts.items())})",
                   flush=True)
     seq, par = med(walls["one after another"]), med(walls["side by side"])
-    return result_line("lanes", ratio=seq / par, seq_s=seq, par_s=par, steps=args.steps, threads=threads)
+    slow = {k: med(stage_s["side by side"][k]) / med(stage_s["one after another"][k]) for k in ("stage b", "stage c")}
+    print(f"slowdown of each stage on one thread beside the other lane: stage b {slow['stage b']:.2f}x, "
+          f"stage c {slow['stage c']:.2f}x")
+    return result_line("lanes", ratio=seq / par, work_ratio=2 / (sum(slow.values()) / 2), seq_s=seq, par_s=par,
+                       slowdown_b=slow["stage b"], slowdown_c=slow["stage c"], steps=args.steps, threads=threads)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ._common import ROOT, cpu_model, load_average
 
-BENCHMARKS = ("forced_block", "processor", "trace_overhead", "pipeline")
+BENCHMARKS = ("forced_block", "processor", "trace_overhead", "pipeline", "lanes")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 USES_MODEL = {"forced_block", "trace_overhead", "pipeline"}
 

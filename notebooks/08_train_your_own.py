@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -113,6 +115,37 @@ for ax, st in zip(axes, stages):
 plt.tight_layout()
 plt.show()
 print("full run steps per stage:", {st: int(max(x["step"] for x in full if x["stage"] == st)) + 1 for st in stages})
+
+# %% [markdown]
+# ## 5. When each stage ran
+# Stages b and c both start from the finished ViT and never read each other, so on a CPU the trainer runs them
+# side by side, in two processes of half the threads each (`TrainConfig.parallel`; `seedx-lab train --sequential`
+# keeps one process). Models this small use a second thread poorly, so two one-thread processes get more done
+# per second than one process with both threads (`benchmarks/lanes.py` measures it). Every row of the log
+# carries the seconds since the run started, so the quick run's own log shows the two lanes overlapping.
+# (The shipped checkpoint was trained in one process; its log above has no overlap.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the seconds depend on the machine and its load)
+spans = {st: (min(x["elapsed_s"] for x in rows if x["stage"] == st),
+              max(x["elapsed_s"] for x in rows if x["stage"] == st)) for st in stages}
+fig, ax = plt.subplots(figsize=(8, 2.2))
+for i, st in enumerate(stages):
+    a, b = spans[st]
+    ax.barh(i, b - a, left=a, color=f"C{i}")
+    ax.text(b, i, f"  {st}: {a:.0f}-{b:.0f} s", va="center", fontsize=8)
+ax.set_yticks(range(len(stages)), [f"stage {st}" for st in stages])
+ax.invert_yaxis()
+ax.set_xlabel("seconds since the quick run started")
+ax.set_xlim(0, max(b for _, b in spans.values()) * 1.35)
+plt.tight_layout()
+plt.show()
+stage_b = (spans["vae"][0], spans["unet"][1])              # one lane: the VAE, then the adapter + UNet
+overlap = min(stage_b[1], spans["llm"][1]) - max(stage_b[0], spans["llm"][0])
+print(f"stage b (vae, unet) and stage c (llm) overlap for {overlap:.0f} s of the run's "
+      f"{max(b for _, b in spans.values()):.0f} s")
+assert overlap > 0, "stages b and c ran one after the other"
 
 # %% [markdown]
 # ## Exercises
