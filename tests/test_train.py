@@ -166,6 +166,42 @@ def test_a_failing_lane_stops_the_run_and_names_its_state(tmp_path):
         Trainer(_lane_config(tmp_path, "bad", parallel=False), progress=False).run()
 
 
+def test_an_interrupted_parallel_run_resumes_each_lane_from_its_own_state(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+    from seedx_lab.model import load
+    cfg = _lane_config(tmp_path, "int", unet_steps=30, llm_steps=40, ckpt_every=4, threads=2)
+    work = tmp_path / "int"
+    script = f"from seedx_lab.train import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (work / "state-llm.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert (work / "state-llm.pt").exists(), "the llm lane never saved a state"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)                 # Ctrl-C: the parent and both lanes
+        proc.wait(60)
+    saved = torch.load(work / "state-llm.pt", weights_only=False)
+    assert saved["stage"] == "llm" and saved["step"] % 4 == 0 and 0 < saved["step"] < 40
+    assert not (work / "m").exists()
+
+    out = Trainer(cfg, progress=False).run()               # resume
+    llm = [int(r["step"]) for r in read_log(work / "train_log.csv") if r["stage"] == "llm"]
+    # the first run's rows (up to where it was stopped), then the resumed run's from the lane's saved step
+    k = saved["step"]
+    assert any(llm[:m] == list(range(m)) and llm[m:] == list(range(k, 40)) for m in range(k, len(llm) + 1)), llm
+    assert llm.count(0) == 1                                    # not started again from zero
+    assert sorted(p.name for p in work.glob("state*")) == ["state.pt"]
+    assert torch.load(work / "state.pt", weights_only=False)["done"] == ["vit", "vae", "vae_calibrated", "unet", "llm"]
+    assert load(out).config.llm.num_hidden_layers == 4
+
+
 def test_cli_train_runs_the_lanes_unless_told_to_stay_in_one_process(monkeypatch, tmp_path):
     from seedx_lab import cli
     from seedx_lab import train as TR
