@@ -526,7 +526,7 @@ class Trainer:
         except (TypeError, RuntimeError, AttributeError) as e:   # another model's state, or not a state at all
             raise ValueError(f"cannot resume from {path}: {str(e).splitlines()[0]} (written by a different "
                              "configuration?); run with --fresh") from None
-        if not prefix or prefix == "detok.":
+        if prefix in ("", LANE_PARAMS["detok"]):                # the VAE's latent scale belongs to stage b
             self.model.detok.vae.register_to_config(scaling_factor=st["scaling_factor"])
         if prefix:
             self.done = [k for k in STAGE_ORDER if k in self.done or k in st["done"]]
@@ -840,8 +840,9 @@ class Trainer:
         if self.parallel:
             self._run_lanes()
         else:
-            if self._lane_files():
-                raise ValueError(f"{self._lane_files()[0]} holds a lane of a parallel run: resume it with "
+            lanes = self._lane_files()
+            if lanes:
+                raise ValueError(f"{lanes[0]} holds a lane of a parallel run: resume it with "
                                  "parallel=True on the CPU, or start over with --fresh")
             for lane in LANES:
                 self.run_lane(lane)
