@@ -780,7 +780,7 @@ class Trainer:
         if todo:
             _VIT_POOLS.clear()                               # the lanes do not need stage a's views
             threads = max(1, (self.cfg.threads or torch.get_num_threads()) // 2)
-            spec = json.dumps(dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0))
+            spec = json.dumps(dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0, parent=os.getpid()))
             totals = dict(vae=self.cfg.vae_steps, unet=self.cfg.unet_steps, llm=self.cfg.llm_steps)
             stages = [k for lane in todo for k in LANES[lane] if k in totals and k not in self.done]
             bars = {k: tqdm(total=totals[k], desc=f"stage {k}", position=i, disable=not self.progress,
@@ -881,9 +881,10 @@ class _RemoteBar:
 
 
 def _lane_main(lane: str):
-    """Entry point of a lane process: reads ``{"cfg", "threads", "t0"}`` as JSON from stdin, runs the lane,
+    """Entry point of a lane process: reads ``{"cfg", "threads", "t0", "parent"}`` as JSON from stdin, runs the lane,
     and reports progress, the end or its error as marked JSON lines on stdout."""
     spec = json.loads(sys.stdin.read())
+    threading.Thread(target=_exit_with_parent, args=(spec.get("parent", os.getppid()),), daemon=True).start()
 
     def send(*msg):
         print(_LANE_MARK + json.dumps(msg), flush=True)
@@ -895,6 +896,14 @@ def _lane_main(lane: str):
     except BaseException as e:                               # the parent raises it, by kind and message
         send("error", type(e).__name__, str(e), traceback.format_exc())
         sys.exit(1)
+
+
+def _exit_with_parent(parent: int, every: float = 0.5):
+    """Watcher thread of a lane: end this process once its parent is gone (killed outright, no chance to
+    stop its lanes), so no orphan keeps training and writing its state into the work directory."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _read_lane(lane: str, stream, out: queue.Queue):

@@ -202,6 +202,51 @@ def test_an_interrupted_parallel_run_resumes_each_lane_from_its_own_state(tmp_pa
     assert load(out).config.llm.num_hidden_layers == 4
 
 
+def test_lanes_end_when_their_parent_is_killed_outright(tmp_path):
+    """A parent killed with SIGKILL cannot stop its lanes; they notice by themselves. They are killed while
+    building their caches (large pools here), when they send nothing, so a broken pipe would not end them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+    cfg = _lane_config(tmp_path, "kill", cache_size=6000, comprehension_pool=3000, story_pool=1500)
+    script = f"from seedx_lab.train import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def lanes():
+        out = []
+        for p in Path("/proc").glob("[0-9]*"):
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"_lane_main" in _cmdline(p):
+                out.append(p)
+        return out
+
+    try:
+        deadline = time.time() + 240
+        while len(found := lanes()) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(found) == 2, "both lanes should have started"
+        time.sleep(3)                                      # past their imports, into the cache build
+        proc.kill()                                        # SIGKILL: no chance to stop the lanes
+        proc.wait(30)
+        deadline = time.time() + 10
+        while any(b"_lane_main" in _cmdline(p) for p in found) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(b"_lane_main" in _cmdline(p) for p in found), "a lane outlived its parent"
+        assert not (tmp_path / "kill" / "state-llm.pt").exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_cli_train_runs_the_lanes_unless_told_to_stay_in_one_process(monkeypatch, tmp_path):
     from seedx_lab import cli
     from seedx_lab import train as TR
