@@ -239,10 +239,11 @@ print(f"median entropy of a query's map: {entropy.median():.2f} nats "
       f"(uniform over 256 cells would be {np.log(256):.2f})")
 
 # %% [markdown]
-# In the free heads many arrows point at the shape rather than at the query's own place. We can
-# measure that: mark the 4 x 4-pixel cells of the global view that are mostly covered by the shape
-# (their colour differs from the background's), and compare the share of the picture they cover with
-# the share of attention they receive.
+# Do the free heads' arrows point at the shape rather than at the query's own place? Measure it: mark the
+# 4 x 4-pixel cells of the global view that are mostly covered by the shape (their colour differs from the
+# background's), and compare the share of the picture they cover with the share of attention they receive.
+# This is a property of one training run, not of the architecture: in the checkpoint before this one the free
+# heads gave the shape three times its share (34 % of the attention for 11 % of the cells).
 
 # %%
 px = np.asarray(tiles.images[view]).astype(float)                     # [64, 64, 3]
@@ -252,8 +253,11 @@ area = on_shape.float().mean().item()
 mass = w[:, on_shape].sum(-1).mean().item()
 print(f"the shape covers {area:.0%} of the global view's cells and receives {mass:.0%} of the attention "
       "(mean over queries and free heads)")
-assert mass > 2 * area
-print("the free heads' queries concentrate on the shape: more than twice its share of the picture")
+assert 0 < area < 1 and abs(w.sum(-1).mean().item() - 1) < 1e-4     # a proper share of a distribution
+ratio = mass / area
+print(f"{ratio:.1f} times its share: " + ("the free heads concentrate on the shape" if ratio > 2 else
+      "the free heads do not concentrate on the shape in this checkpoint" if ratio < 1.5 else
+      "the free heads lean a little towards the shape"))
 
 # %% [markdown]
 # Why might a query prefer some place? The resampler adds the **same kind of 2-D sin-cos position**

@@ -122,30 +122,50 @@ print("full run steps per stage:", {st: int(max(x["step"] for x in full if x["st
 # side by side, in two processes of half the threads each (`TrainConfig.parallel`; `seedx-lab train --sequential`
 # keeps one process). Models this small use a second thread poorly, so two one-thread processes get more done
 # per second than one process with both threads (`benchmarks/lanes.py` measures it). Every row of the log
-# carries the seconds since the run started, so the quick run's own log shows the two lanes overlapping.
-# (The shipped checkpoint was trained in one process; its log above has no overlap.)
+# carries the seconds since the run started, so the quick run's own log shows the two lanes overlapping, and so
+# does the shipped checkpoint's (it was trained side by side too, by `seedx-lab train --fresh`).
+
+# %%
+def stage_spans(log):
+    """(first, last) seconds of each stage's rows, and the overlap in seconds of stage b (vae, unet) and c (llm)."""
+    spans = {st: (min(x["elapsed_s"] for x in log if x["stage"] == st),
+                  max(x["elapsed_s"] for x in log if x["stage"] == st)) for st in stages}
+    stage_b = (spans["vae"][0], spans["unet"][1])          # one lane: the VAE, then the adapter + UNet
+    return spans, min(stage_b[1], spans["llm"][1]) - max(stage_b[0], spans["llm"][0])
+
+
+def draw_timeline(ax, spans, title):
+    for i, st in enumerate(stages):
+        a, b = spans[st]
+        ax.barh(i, b - a, left=a, color=f"C{i}")
+        ax.text(b, i, f"  {st}: {a:.0f}-{b:.0f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(stages)), [f"stage {st}" for st in stages])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"seconds since the {title} started")
+    ax.set_xlim(0, max(b for _, b in spans.values()) * 1.35)
+
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# (the seconds depend on the machine and its load)
-spans = {st: (min(x["elapsed_s"] for x in rows if x["stage"] == st),
-              max(x["elapsed_s"] for x in rows if x["stage"] == st)) for st in stages}
+# (the quick run's seconds depend on the machine and its load)
+spans, overlap = stage_spans(rows)
 fig, ax = plt.subplots(figsize=(8, 2.2))
-for i, st in enumerate(stages):
-    a, b = spans[st]
-    ax.barh(i, b - a, left=a, color=f"C{i}")
-    ax.text(b, i, f"  {st}: {a:.0f}-{b:.0f} s", va="center", fontsize=8)
-ax.set_yticks(range(len(stages)), [f"stage {st}" for st in stages])
-ax.invert_yaxis()
-ax.set_xlabel("seconds since the quick run started")
-ax.set_xlim(0, max(b for _, b in spans.values()) * 1.35)
+draw_timeline(ax, spans, "quick run")
 plt.tight_layout()
 plt.show()
-stage_b = (spans["vae"][0], spans["unet"][1])              # one lane: the VAE, then the adapter + UNet
-overlap = min(stage_b[1], spans["llm"][1]) - max(stage_b[0], spans["llm"][0])
-print(f"stage b (vae, unet) and stage c (llm) overlap for {overlap:.0f} s of the run's "
+print(f"quick run: stage b (vae, unet) and stage c (llm) overlap for {overlap:.0f} s of its "
       f"{max(b for _, b in spans.values()):.0f} s")
 assert overlap > 0, "stages b and c ran one after the other"
+
+# %%
+full_spans, full_overlap = stage_spans(full)
+fig, ax = plt.subplots(figsize=(8, 2.2))
+draw_timeline(ax, full_spans, "shipped checkpoint's run")
+plt.tight_layout()
+plt.show()
+print(f"shipped run: stages b and c overlap for {full_overlap / 60:.1f} of its "
+      f"{max(b for _, b in full_spans.values()) / 60:.1f} min")
+assert full_overlap > 0.5 * (full_spans["llm"][1] - full_spans["llm"][0])
 
 # %% [markdown]
 # ## Exercises
