@@ -848,8 +848,9 @@ class Trainer:
         else:
             lanes = self._lane_files()
             if lanes:
-                raise ValueError(f"{lanes[0]} holds a lane of a parallel run: resume it with "
-                                 "parallel=True on the CPU, or start over with --fresh")
+                held = " and ".join(map(str, lanes)) + (" holds a lane" if len(lanes) == 1 else " hold the lanes")
+                raise ValueError(f"{held} of a parallel run: resume it with parallel=True on the CPU, "
+                                 "or start over with --fresh")
             for lane in LANES:
                 self.run_lane(lane)
         self.model.eval()

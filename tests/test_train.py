@@ -161,8 +161,12 @@ def test_a_failing_lane_stops_the_run_and_names_its_state(tmp_path):
     lanes = [p for p in Path("/proc").glob("[0-9]*") if b"_lane_main" in _cmdline(p)]
     assert lanes == []                                # the other lane was stopped, not left running
     assert not (tmp_path / "bad" / "m").exists()
-    # a one-process run refuses to resume over a lane's state instead of silently dropping it
-    with pytest.raises(ValueError, match=r"state-llm\.pt holds a lane of a parallel run.*--fresh"):
+    # a one-process run refuses to resume over a lane's state instead of silently dropping it (the detok lane
+    # may have saved a state of its own before it was stopped: every state is named)
+    with pytest.raises(ValueError, match=r"state-llm\.pt (holds a lane|hold the lanes) of a parallel run.*--fresh"):
+        Trainer(_lane_config(tmp_path, "bad", parallel=False), progress=False).run()
+    (tmp_path / "bad" / "state-detok.pt").write_bytes(b"a lane state")
+    with pytest.raises(ValueError, match=r"state-detok\.pt and .*state-llm\.pt hold the lanes of a parallel run"):
         Trainer(_lane_config(tmp_path, "bad", parallel=False), progress=False).run()
 
 
