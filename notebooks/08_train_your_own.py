@@ -134,7 +134,9 @@ def stage_spans(log):
     return spans, min(stage_b[1], spans["llm"][1]) - max(stage_b[0], spans["llm"][0])
 
 
-def draw_timeline(ax, spans, title):
+def show_timeline(spans, title):
+    """One bar per stage, from its first to its last logged second."""
+    fig, ax = plt.subplots(figsize=(8, 2.2))
     for i, st in enumerate(stages):
         a, b = spans[st]
         ax.barh(i, b - a, left=a, color=f"C{i}")
@@ -143,26 +145,22 @@ def draw_timeline(ax, spans, title):
     ax.invert_yaxis()
     ax.set_xlabel(f"seconds since the {title} started")
     ax.set_xlim(0, max(b for _, b in spans.values()) * 1.35)
+    plt.tight_layout()
+    plt.show()
 
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (the quick run's seconds depend on the machine and its load)
 spans, overlap = stage_spans(rows)
-fig, ax = plt.subplots(figsize=(8, 2.2))
-draw_timeline(ax, spans, "quick run")
-plt.tight_layout()
-plt.show()
+show_timeline(spans, "quick run")
 print(f"quick run: stage b (vae, unet) and stage c (llm) overlap for {overlap:.0f} s of its "
       f"{max(b for _, b in spans.values()):.0f} s")
 assert overlap > 0, "stages b and c ran one after the other"
 
 # %%
 full_spans, full_overlap = stage_spans(full)
-fig, ax = plt.subplots(figsize=(8, 2.2))
-draw_timeline(ax, full_spans, "shipped checkpoint's run")
-plt.tight_layout()
-plt.show()
+show_timeline(full_spans, "shipped checkpoint's run")
 print(f"shipped run: stages b and c overlap for {full_overlap / 60:.1f} of its "
       f"{max(b for _, b in full_spans.values()) / 60:.1f} min")
 assert full_overlap > 0.5 * (full_spans["llm"][1] - full_spans["llm"][0])
