@@ -37,10 +37,10 @@ def load_model(spec: str):
     """``(model, label)``. Falls back to ``build_model(0)`` (random weights, trained shapes) when the
     default ``seedx-tiny`` is not there yet, and says so in ``label`` and on stdout."""
     import seedx_lab
-    from seedx_lab.train import build_model
+    from seedx_lab.training import build_model
 
     if spec == "random":
-        return build_model(0).eval(), "random stand-in (seedx_lab.train.build_model(0), untrained)"
+        return build_model(0).eval(), "random stand-in (seedx_lab.training.build_model(0), untrained)"
     try:
         model = seedx_lab.load(spec)
     except FileNotFoundError as e:
@@ -48,8 +48,8 @@ def load_model(spec: str):
             raise
         print(f"NOTE: {e}; using a randomly initialised model with the seedx-tiny shapes instead "
               "(timings of the same shapes, but no trained behaviour)")
-        return build_model(0).eval(), "random stand-in (seedx_lab.train.build_model(0), untrained)"
-    from seedx_lab.model import resolve
+        return build_model(0).eval(), "random stand-in (seedx_lab.training.build_model(0), untrained)"
+    from seedx_lab.loading import resolve
     return model.eval(), f"trained checkpoint {resolve(spec)}"
 
 

@@ -34,7 +34,7 @@ def _train_steps(stage: str, threads: int, steps: int, q) -> None:
     import warnings
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
-    from seedx_lab import train as TR
+    from seedx_lab.training import trainer as TR
     with tempfile.TemporaryDirectory() as work:
         cfg = TR.TrainConfig(work=work, out=work + "/m", cache_size=256, comprehension_pool=96, story_pool=48,
                              comprehension_keep_single=1.0, parallel=False)
@@ -55,7 +55,22 @@ def _train_steps(stage: str, threads: int, steps: int, q) -> None:
 
         tr._loop = timed_loop
         (tr.stage_unet if stage == "unet" else tr.stage_llm)()
-    q.put(seen[1] - seen[0])
+    q.put((stage, seen[1] - seen[0]))
+
+
+def _results(q, procs, n: int) -> dict:
+    """``n`` ``(stage, seconds)`` results from ``q``; a child that died without one is an error, not a hang."""
+    import queue
+    out = {}
+    while len(out) < n:
+        try:
+            stage, secs = q.get(timeout=1.0)
+            out[stage] = secs
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a timing process died (exit code {dead[0].exitcode}); see its traceback above")
+    return out
 
 
 def run_variant(side_by_side: bool, threads: int, steps: int) -> tuple[float, dict]:
@@ -63,19 +78,20 @@ def run_variant(side_by_side: bool, threads: int, steps: int) -> tuple[float, di
     q = ctx.Queue()
     per = max(1, threads // 2) if side_by_side else threads
     procs = [ctx.Process(target=_train_steps, args=(stage, per, steps, q)) for stage in ("unet", "llm")]
-    times = []
+    times = {}
     if side_by_side:
         for p in procs:
             p.start()
-        times = [q.get() for _ in procs]
-        for p in procs:
+        times = _results(q, procs, len(procs))
+    else:
+        for p in procs:                                    # the two stages one after another
+            p.start()
+            times.update(_results(q, [p], 1))
             p.join()
-        return max(times), dict(zip(("stage b", "stage c"), times))
-    for p in procs:                                        # the two stages one after another
-        p.start()
-        times.append(q.get())
+    for p in procs:
         p.join()
-    return sum(times), dict(zip(("stage b", "stage c"), times))
+    named = {"stage b": times["unet"], "stage c": times["llm"]}
+    return (max if side_by_side else sum)(named.values()), named
 
 
 def main(argv=None) -> str:

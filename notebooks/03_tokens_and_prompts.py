@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,7 +44,7 @@ from seedx_lab import lvlm
 from seedx_lab import tokens as T
 from seedx_lab import world as W
 from seedx_lab.generation import AutoImageTokenGenerationProcessor, blocked_token_ids
-from seedx_lab.train import caption_pieces, comprehension_pieces, encode_pieces, story_pieces
+from seedx_lab.sequences import caption_pieces, comprehension_pieces, encode_pieces, story_pieces
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.manual_seed(0)
@@ -218,7 +220,7 @@ print("the finder sees three complete blocks in the comprehension prompt, a comp
 
 # %% [markdown]
 # ## 5. Labels: what is the model trained to predict?
-# A training sequence is assembled from *pieces* (`seedx_lab.train`): text, an image to generate, or an
+# A training sequence is assembled from *pieces* (`seedx_lab.sequences`): text, an image to generate, or an
 # image to read. `encode_pieces` turns them into ids and labels. A label is the token the model must
 # predict at that position; `-100` means "no label, no loss". The published rule:
 #

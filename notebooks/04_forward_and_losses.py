@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -49,9 +51,9 @@ from seedx_lab import tokens as T
 from seedx_lab import world as W
 from seedx_lab.lvlm import pool_targets
 from seedx_lab.resampler import Resampler, ResamplerConfig
-from seedx_lab.train import (caption_pieces, collate, comprehension_pieces, encode_pieces, image_to_unit,
-                             story_pieces)
-from seedx_lab.vit import normalize
+from seedx_lab.images import normalize
+from seedx_lab.sequences import caption_pieces, collate, comprehension_pieces, encode_pieces, story_pieces
+from seedx_lab.training.data import image_to_unit
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.manual_seed(0)
@@ -65,7 +67,7 @@ print("lm_loss_scale", lv.lm_loss_scale, "| rec_loss_scale", lv.rec_loss_scale, 
 # ## 1. A training batch
 # The ViT turns each picture into 256 features (notebook 02). An image *to generate* needs them as the
 # regression target; an image *to read* needs them (one set per any-res view) as input. The
-# `seedx_lab.train` helpers describe a sample as pieces, `encode_pieces` turns pieces into ids and
+# `seedx_lab.sequences` helpers describe a sample as pieces, `encode_pieces` turns pieces into ids and
 # labels, and `collate` pads the samples into one batch of keyword arguments for the model.
 
 # %%

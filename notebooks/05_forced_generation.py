@@ -55,7 +55,7 @@ import seedx_lab
 from seedx_lab import generation as G
 from seedx_lab import world as W
 from seedx_lab.tokens import ImageTokenIds, find_image_blocks
-from seedx_lab.train import encode_pieces, story_pieces
+from seedx_lab.sequences import encode_pieces, story_pieces
 
 warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers deprecation notice, not ours
 # the processor warns when a block cannot finish before max_new_tokens; section 5 shows that warning on purpose

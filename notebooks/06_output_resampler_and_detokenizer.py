@@ -55,8 +55,8 @@ from seedx_lab import world as W
 from seedx_lab.detokenizer import DetokenizerConfig, ResamplerXLV2
 from seedx_lab.lvlm import pool_targets
 from seedx_lab.resampler import Resampler, ResamplerConfig
-from seedx_lab.train import image_to_unit
-from seedx_lab.vit import normalize
+from seedx_lab.training.data import image_to_unit
+from seedx_lab.images import normalize
 
 warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers deprecation notice, not ours
 torch.manual_seed(0)

@@ -48,7 +48,7 @@ from seedx_lab import evaluate, probes, widgets
 from seedx_lab import generation as G
 from seedx_lab import world as W
 from seedx_lab.tokens import find_image_blocks
-from seedx_lab.train import encode_pieces, story_pieces
+from seedx_lab.sequences import encode_pieces, story_pieces
 
 warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers deprecation notice, not ours
 # the faithful processor warns when a block may be cut off by max_new_tokens (section 6 explains it)

@@ -35,7 +35,7 @@ import torch
 
 import seedx_lab
 from seedx_lab import judge, world
-from seedx_lab.train import TrainConfig, read_log, train
+from seedx_lab.training import TrainConfig, read_log, train
 
 plt.rcParams["figure.dpi"] = 72
 cfg = TrainConfig.quick_run()
@@ -105,7 +105,7 @@ print("judged right:", scores)
 # The shipped checkpoint keeps the log of the run that made it.
 
 # %%
-full = read_log(seedx_lab.model.resolve("seedx-tiny") / "train_log.csv")
+full = read_log(seedx_lab.loading.resolve("seedx-tiny") / "train_log.csv")
 fig, axes = plt.subplots(1, 4, figsize=(12, 2.6))
 for ax, st in zip(axes, stages):
     r = [x for x in full if x["stage"] == st]

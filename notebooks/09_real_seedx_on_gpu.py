@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -49,9 +51,9 @@ from IPython.display import display
 from PIL import Image
 
 import seedx_lab
-from seedx_lab import checkpoints as C
+from seedx_lab.published import checkpoints as C
 from seedx_lab import tokens as T
-from seedx_lab.lvlm import block_masks
+from seedx_lab.sequences import block_masks
 from seedx_lab.model import SeedX, SeedXConfig
 
 import warnings
@@ -65,7 +67,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 try:                      # trace and probes are the instruments of the earlier notebooks
     from seedx_lab import probes
-    from seedx_lab.trace import estimate_bytes, trace
+    from seedx_lab.lab.trace import estimate_bytes, trace
 except ImportError as e:  # pragma: no cover - only while those modules are missing
     probes = trace = estimate_bytes = None
     print("seedx_lab.trace / seedx_lab.probes not available:", e)
@@ -137,7 +139,7 @@ print("\n->", "loading the real SEED-X" if REAL else "the real model cannot be l
 try:
     standin, STANDIN = seedx_lab.load("seedx-tiny"), "seedx-tiny (trained)"
 except (FileNotFoundError, ValueError):
-    words = T.read_vocab(T.DEFAULT_VOCAB) if T.DEFAULT_VOCAB.is_file() else "a red blue circle square . here it is :".split()
+    words = "a red blue circle square . here it is :".split()
     tok = T.build_tokenizer(words)
     torch.manual_seed(0)
     standin, STANDIN = SeedX(SeedXConfig.tiny(len(tok)), tok).eval(), "random tiny model"

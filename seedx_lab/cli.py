@@ -19,8 +19,8 @@ def _cmd_tile(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .checkpoints import write_published_layout
-    from .model import load
+    from .published.checkpoints import write_published_layout
+    from .loading import load
 
     paths = write_published_layout(load(args.model), args.to_published, variant=args.variant)
     print(f"wrote {args.model} in the published SEED-X layout under {args.to_published}")
@@ -37,7 +37,7 @@ def _device_kwargs(args):
 
 
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .training.trainer import TrainConfig, train
 
     kw = dict(seed=args.seed, device=args.device)
     if args.out:
@@ -54,8 +54,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import evaluate
-    from .model import load
+    from .shapeworld.evaluate import evaluate
+    from .loading import load
 
     model = load(args.model, **_device_kwargs(args))
     r = evaluate(model, n=args.n, split=args.split, num_inference_steps=args.steps, progress=not args.no_progress)
@@ -67,7 +67,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .model import load
+    from .loading import load
 
     model = load(args.model, **_device_kwargs(args))
     res = model.generate_image(args.caption, num_inference_steps=args.steps, seed=args.seed)
@@ -77,7 +77,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_describe(args) -> int:
-    from .model import load
+    from .loading import load
 
     model = load(args.model, **_device_kwargs(args))
     print(model.describe(args.image, question=args.question))

@@ -152,8 +152,7 @@ SDXL_SCHEDULER_CONFIG = dict(
 #: v-prediction. On 16 x 16 latents SDXL's own schedule keeps sqrt(abar_T) = 0.068 of the image in its
 #: noisiest sample, and averaged over the 1,024 latent values that is enough for the UNet to read the
 #: layout and colours from the noise instead of the condition, which inference (pure noise) then
-#: lacks. Measured on true ViT features of 48 test images, 1,200 adapter + UNet steps: judge right on
-#: colour 0.40 -> 0.88, position 0.35 -> 0.81 (the issue-4 experiments).
+#: lacks (docs/experiments.md has the measurement).
 TINY_SCHEDULER_CONFIG = dict(SDXL_SCHEDULER_CONFIG, rescale_betas_zero_snr=True, timestep_spacing="trailing",
                              prediction_type="v_prediction")
 

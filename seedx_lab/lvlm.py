@@ -13,7 +13,7 @@ average pooling over runs of 4 consecutive tokens in raster order (``target_pool
 ``"2d"`` pools 2x2 spatial cells instead, for the lesson that compares the two.
 
 Losses: ``lm_loss`` is next-token cross-entropy on the labels (text and the ``<img>`` of every
-generated block; image-token positions carry no label, see :func:`make_labels`);
+generated block; image-token positions carry no label, see :func:`seedx_lab.sequences.make_labels`);
 ``rec_loss`` is MSE (``mse=True``, published) or cosine; ``total = lm_loss_scale * lm_loss +
 rec_loss_scale * rec_loss``.
 
@@ -105,46 +105,6 @@ def pool_targets(features: torch.Tensor, mode: str = "1d", n_out: int = 64) -> t
 def cosine_loss(rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean of ``1 - cos(rec_i, target_i)`` over tokens."""
     return (1 - F.cosine_similarity(rec, target, dim=-1)).mean()
-
-
-def make_labels(input_ids: torch.Tensor, token_ids: ImageTokenIds, gen_blocks: list[list[bool]] | None = None,
-                pad_id: int | None = None, mask_before: torch.Tensor | None = None) -> torch.Tensor:
-    """LM labels ``[B, T]`` for SEED-X training (-100 = no label).
-
-    Every text token is labelled. Inside an image block nothing is labelled (image tokens, closer)
-    except the ``<img>`` opener of a block that is *generated* (``gen_blocks[b][k]`` is True for the
-    k-th ``<img>``/``<patch>`` block of row b) — that is how the model learns to predict ``<img>``.
-    ``mask_before[b]``: positions before it (e.g. a question) get no label.
-    """
-    labels = input_ids.clone()
-    for b in range(input_ids.shape[0]):
-        blocks = find_image_blocks(input_ids[b], token_ids)
-        flags = gen_blocks[b] if gen_blocks is not None else [False] * len(blocks)
-        if len(flags) != len(blocks):
-            raise ValueError(f"row {b}: {len(blocks)} image blocks but {len(flags)} gen flags")
-        for blk, is_gen in zip(blocks, flags):
-            labels[b, blk.start + (1 if is_gen else 0): blk.end] = -100
-        if mask_before is not None:
-            labels[b, : int(mask_before[b])] = -100
-    if pad_id is not None:
-        labels[input_ids == pad_id] = -100
-    return labels
-
-
-def block_masks(input_ids: torch.Tensor, token_ids: ImageTokenIds, gen_blocks: list[list[bool]]):
-    """Boolean ``ids_cmp_mask`` and ``ids_gen_mask`` ``[B, T]`` at the image-token positions of
-    comprehension and generated blocks (flags per block as in :func:`make_labels`)."""
-    cmp = torch.zeros_like(input_ids, dtype=torch.bool)
-    gen = torch.zeros_like(input_ids, dtype=torch.bool)
-    for b in range(input_ids.shape[0]):
-        blocks = find_image_blocks(input_ids[b], token_ids)
-        if len(blocks) != len(gen_blocks[b]):
-            raise ValueError(f"row {b}: {len(blocks)} image blocks but {len(gen_blocks[b])} gen flags")
-        for blk, is_gen in zip(blocks, gen_blocks[b]):
-            if not blk.complete:
-                raise ValueError(f"row {b}: image block at position {blk.start} is incomplete")
-            (gen if is_gen else cmp)[b, blk.token_start: blk.token_start + blk.n_tokens] = True
-    return cmp, gen
 
 
 @dataclass

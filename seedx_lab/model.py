@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,13 @@ import torch
 import torch.nn as nn
 
 from . import tokens as T
-from .anyres import tile_image, to_pil_rgb
+from .files import stage_file
+from .anyres import tile_image
 from .detokenizer import Detokenizer, DetokenizerConfig
-from .lvlm import ContinuousLVLM, GenerateOutput, LLMConfig, block_masks, build_lvlm
+from .lvlm import ContinuousLVLM, GenerateOutput, LLMConfig, build_lvlm
+from .sequences import block_masks
 from .vit import ViTConfig, VisionTransformer
 
-DATA_DIR = Path(os.environ.get("SEEDX_LAB_DATA", Path(__file__).resolve().parent.parent / "data"))
 DESCRIBE_QUESTION = "describe the image ."
 _UNCHECKED = object()          # comprehension_inputs: no max_new_tokens to check
 
@@ -54,8 +55,8 @@ class SeedXConfig:
     @classmethod
     def tiny(cls, vocab_size: int) -> "SeedXConfig":
         vit = ViTConfig.tiny()
-        # guidance 3: on the validation split (n=100) it lifted image accuracy from 0.43 (no guidance) to
-        # 0.56; 2.0 gave 0.53, 4.0 0.57, 5.0 0.54 (the de-tokenizer is trained with 10 % dropped conditions)
+        # guidance 3 was chosen on the validation split (docs/experiments.md); the de-tokenizer learns the
+        # unconditional branch from dropped conditions
         # a place bias in 2 of the input resampler's 4 heads: objects in company lent each other attributes
         # when every query gathered cells by content alone (notebook 02, section 4)
         return cls(vit=vit, llm=LLMConfig.tiny(vocab_size), detok=DetokenizerConfig.tiny(vit.output_dim),
@@ -136,11 +137,11 @@ class SeedX(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lvlm.patch_pos_embed.device
+        return next(self.lvlm.parameters()).device        # patch_pos_embed is absent when add_patch_pos=False
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lvlm.patch_pos_embed.dtype
+        return self.lvlm.llm.get_input_embeddings().weight.dtype
 
     # ------------------------------------------------------------------ pieces
 
@@ -347,14 +348,14 @@ class SeedX(nn.Module):
         staged: list[tuple[Path, Path]] = []
         tok_dir = None
         try:
-            staged.append(_stage(directory / "model.safetensors",
+            staged.append(stage_file(directory / "model.safetensors",
                                  lambda p: save_file(state, str(p), metadata={"format": "pt"})))
-            staged.append(_stage(directory / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2))))
+            staged.append(stage_file(directory / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2))))
             tok_dir = Path(tempfile.mkdtemp(prefix=".tokenizer-", suffix=".tmp", dir=directory))
             T.save_tokenizer(self.tokenizer, tok_dir)
             staged += [(f, directory / f.name) for f in sorted(tok_dir.iterdir()) if f.is_file()]
             for name, text in (extra_files or {}).items():
-                staged.append(_stage(directory / name, lambda p, t=text: p.write_text(t)))
+                staged.append(stage_file(directory / name, lambda p, t=text: p.write_text(t)))
             for tmp, final in staged:                       # everything is complete: commit
                 os.replace(tmp, final)
         finally:
@@ -363,23 +364,6 @@ class SeedX(nn.Module):
             if tok_dir is not None:
                 shutil.rmtree(tok_dir, ignore_errors=True)
         return directory
-
-
-def _stage(path: Path, write) -> tuple[Path, Path]:
-    """Write ``path`` as ``path.tmp`` (removed again if ``write`` fails); return ``(tmp, path)``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp, path
-
-
-def _atomic(path: Path, write) -> None:
-    """Write one file atomically: a temporary file renamed over ``path``; nothing is left on failure."""
-    tmp, _ = _stage(path, write)
-    os.replace(tmp, path)
 
 
 def _as_image_list(images) -> list:
@@ -401,75 +385,3 @@ def _check_text(text, what: str, allow_empty: bool = False) -> str:
     if not allow_empty and not text.strip():
         raise ValueError(f"{what} is empty")
     return text
-
-
-def resolve(name_or_path) -> Path:
-    """``"seedx-tiny"`` -> ``data/seedx-tiny``; a path is returned as it is (after an existence check)."""
-    p = Path(name_or_path)
-    if not p.exists() and (DATA_DIR / str(name_or_path)).exists():
-        p = DATA_DIR / str(name_or_path)
-    if not p.exists():
-        raise FileNotFoundError(f"no model named or found at {name_or_path!r} (looked in {DATA_DIR})")
-    return p
-
-
-def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) -> SeedX:
-    """Load a saved SeedX (seedx-tiny by default) onto ``device`` in ``dtype``.
-
-    A folder in the published SEED-X layout (``pretrained/`` with ``seed_x/agent/pytorch_model.bin`` …),
-    or the names ``"seed-x"`` / ``"seed-x-i"`` (files under ``$SEEDX_ROOT``), go to
-    :func:`seedx_lab.checkpoints.load_published`; ``device_map`` (e.g. ``"auto"``) applies to those only.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from . import checkpoints
-
-    variant = checkpoints.variant_for_name(name_or_path)
-    if variant is not None or checkpoints.is_published_layout(name_or_path):
-        return checkpoints.load_published(None if variant else name_or_path, device=device, dtype=dtype,
-                                          device_map=device_map, variant=variant)
-    if device_map is not None:
-        raise ValueError("device_map applies to published SEED-X checkpoints only; "
-                         f"{name_or_path!r} is a seedx-lab model (use device=)")
-    d = resolve(name_or_path)
-    if not d.is_dir():
-        raise ValueError(f"{d} is a file; a seedx-lab model is a folder with config.json, model.safetensors "
-                         "and tokenizer.json")
-    for f in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"{d} has no {f}")
-    cfg_file = d / "config.json"
-    try:
-        cfg = SeedXConfig.from_dict(json.loads(cfg_file.read_text()), strict=True)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{cfg_file}: {e}") from None
-    tok = T.load_tokenizer(d)
-    try:
-        model = SeedX(cfg, tok)   # tiny: a real init is cheap and keeps non-persistent buffers right
-    except ValueError as e:       # e.g. a tokenizer larger than llm.vocab_size
-        raise ValueError(f"{d / 'tokenizer.json'} does not fit {cfg_file}: {e}") from None
-    try:
-        state = load_file(str(d / "model.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{d / 'model.safetensors'} could not be read (truncated or corrupt?): {e}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{d / 'model.safetensors'}: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}, "
-                         f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ValueError(f"{d / 'model.safetensors'}: shape mismatch for " + "; ".join(bad[:5]))
-    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
-           if state[k].is_floating_point() != v.is_floating_point() or (state[k].dtype == torch.bool) != (v.dtype == torch.bool)]
-    if bad:
-        raise ValueError(f"{d / 'model.safetensors'}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
-    model.load_state_dict(state)
-    model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
-    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
-    return model.eval()

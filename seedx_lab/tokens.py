@@ -261,5 +261,3 @@ def load_tokenizer(directory: str | os.PathLike):
         raise ValueError(f"{directory / 'tokenizer.json'}: {e}") from None
     return tok
 
-
-DEFAULT_VOCAB = Path(__file__).resolve().parent.parent / "data" / "vocab.txt"

@@ -1,6 +1,6 @@
 """The Qwen-VL vision encoder that SEED-X uses (ViT-G/14 with an attention pool).
 
-    pixels [B, 3, S, S]  (CLIP-normalised, see ``normalize``)
+    pixels [B, 3, S, S]  (CLIP-normalised, see ``seedx_lab.images.normalize``)
       conv1 (patch P, no bias)         -> [B, N, width]    N = (S/P)^2 patches
       + positional_embedding (learned 256-row table, bicubic-resized to N)
       ln_pre
@@ -60,10 +60,6 @@ from .posemb import resize_2d
 from .resampler import Resampler, ResamplerConfig
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "normalize",
-    "denormalize",
     "ViTConfig",
     "SelfAttention",
     "MLP",
@@ -71,33 +67,6 @@ __all__ = [
     "Transformer",
     "VisionTransformer",
 ]
-
-# CLIP / OpenAI image statistics, used by Qwen-VL and SEED-X's image transform.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _channel_stats(pixels: torch.Tensor, fn: str):
-    if pixels.dim() not in (3, 4) or pixels.shape[-3] != 3:
-        raise ValueError(f"{fn} expects RGB pixels [3, H, W] or [B, 3, H, W], got shape {tuple(pixels.shape)}")
-    if not pixels.is_floating_point():
-        raise ValueError(f"{fn} expects floating-point pixels in [0, 1], got dtype {pixels.dtype}")
-    mean = torch.tensor(CLIP_MEAN, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
-    return mean, std
-
-
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1], [B, 3, H, W] or [3, H, W] -> CLIP-normalised, same shape."""
-    mean, std = _channel_stats(pixels, "normalize")
-    return (pixels - mean) / std
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``normalize``: CLIP-normalised -> RGB in [0, 1] (not clamped)."""
-    mean, std = _channel_stats(x, "denormalize")
-    return x * std + mean
-
 
 @dataclass
 class ViTConfig:

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from seedx_lab import anyres as A
+from seedx_lab import images as I
 
 GRIDS = [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1), (1, 4), (4, 1), (2, 2)]
 
@@ -91,7 +92,7 @@ def test_keep_ratio_pads_instead_of_stretching():
 
 def test_normalisation_is_clip():
     t = A.tile_image(Image.new("RGB", (32, 32), (255, 255, 255)), base=32)
-    expect = (1 - torch.tensor(A.CLIP_MEAN)) / torch.tensor(A.CLIP_STD)
+    expect = (1 - torch.tensor(I.CLIP_MEAN)) / torch.tensor(I.CLIP_STD)
     assert torch.allclose(t.pixels[0, :, 0, 0], expect)
 
 
@@ -107,19 +108,19 @@ def test_i16_scales_to_full_range():
     arr = np.full((4, 4), 65535, dtype=np.uint16)
     im = Image.fromarray(arr)
     assert im.mode == "I;16"
-    assert np.asarray(A.to_pil_rgb(im)).min() == 255
+    assert np.asarray(I.to_pil_rgb(im)).min() == 255
 
 
 def test_transparent_pixels_become_white():
     im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert np.asarray(A.to_pil_rgb(im))[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(I.to_pil_rgb(im))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_arrays_and_tensors_in_hwc_and_chw():
     hwc = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    a = np.asarray(A.to_pil_rgb(hwc))
-    b = np.asarray(A.to_pil_rgb(np.moveaxis(hwc, -1, 0)))
-    c = np.asarray(A.to_pil_rgb(torch.from_numpy(hwc).permute(2, 0, 1).float() / 255))
+    a = np.asarray(I.to_pil_rgb(hwc))
+    b = np.asarray(I.to_pil_rgb(np.moveaxis(hwc, -1, 0)))
+    c = np.asarray(I.to_pil_rgb(torch.from_numpy(hwc).permute(2, 0, 1).float() / 255))
     assert a.shape == (20, 30, 3) and (a == hwc).all() and (b == hwc).all() and (c == hwc).all()
 
 

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               # the blocks the tests open near max_new_tokens are cut on purpose; generate warns about it
               pytest.mark.filterwarnings("ignore:.*(cut off|token\\(s\\) left).*:UserWarning")]
 
-from seedx_lab.model import DATA_DIR                                            # noqa: E402
+from seedx_lab.loading import DATA_DIR                                            # noqa: E402
 
 TRAINED = DATA_DIR / "seedx-tiny"
 STORIES = ["we start with a big red circle on the left . it looks like this :",
@@ -36,7 +36,7 @@ STORIES = ["we start with a big red circle on the left . it looks like this :",
 
 @pytest.fixture(scope="module")
 def model():
-    from seedx_lab.train import build_model
+    from seedx_lab.training import build_model
     return build_model(0).eval()                         # the seedx-tiny shapes, random weights
 
 

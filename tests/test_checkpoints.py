@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import seedx_lab
-from seedx_lab import checkpoints as C
+from seedx_lab.published import checkpoints as C
 from seedx_lab import tokens as T
 from seedx_lab.cli import main as cli_main
 from seedx_lab.model import SeedX, SeedXConfig

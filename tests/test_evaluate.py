@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from seedx_lab import world as W
-from seedx_lab.evaluate import boi_predictions, boi_scores, caption_accuracy, evaluate, image_accuracy
-from seedx_lab.model import load, resolve
-from seedx_lab.train import build_model
+from seedx_lab.shapeworld.evaluate import boi_predictions, boi_scores, caption_accuracy, evaluate, image_accuracy
+from seedx_lab.loading import load, resolve
+from seedx_lab.training import build_model
 
 SEEDS = list(range(24))
 

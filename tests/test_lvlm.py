@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from seedx_lab import tokens as T
-from seedx_lab.lvlm import (ContinuousLVLM, LLMConfig, block_masks, build_lvlm, make_labels, pool_targets)
+from seedx_lab.lvlm import ContinuousLVLM, LLMConfig, build_lvlm, pool_targets
+from seedx_lab.sequences import block_masks, make_labels
 
 VIT_DIM = 16
 N = 64

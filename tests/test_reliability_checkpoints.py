@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import seedx_lab.train as TR
+import seedx_lab.training.trainer as TR
 from seedx_lab import model as M
 from seedx_lab import tokens as T
-from seedx_lab.model import load
-from seedx_lab.train import TrainConfig, Trainer, build_model
+from seedx_lab.loading import load
+from seedx_lab.training import TrainConfig, Trainer, build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from seedx_lab import anyres as A
-from seedx_lab.train import build_model
+from seedx_lab import images as I
+from seedx_lab.training import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
@@ -32,7 +33,7 @@ def raised_by_us(excinfo):
 
 
 def rgb(x):
-    return np.asarray(A.to_pil_rgb(x)).astype(int)
+    return np.asarray(I.to_pil_rgb(x)).astype(int)
 
 
 def quiet(f, *a, **k):
@@ -137,7 +138,7 @@ def test_exif_rotated_jpegs_are_turned_upright(tmp_path, orientation):
     f = _oriented_jpeg(tmp_path / f"photo{orientation}.jpg", orientation)
     size, corner = ORIENT[orientation]
     for src in (f, Image.open(f)):                                # a path, or the file just opened
-        im = quiet(A.to_pil_rgb, src)
+        im = quiet(I.to_pil_rgb, src)
         assert im.size == size
         a = np.asarray(im).astype(int)
         h, w = a.shape[:2]
@@ -150,7 +151,7 @@ def test_exif_rotated_jpegs_are_turned_upright(tmp_path, orientation):
 def test_a_modified_pil_image_is_not_rotated_again(tmp_path):
     f = _oriented_jpeg(tmp_path / "p.jpg", 6)
     im = Image.open(f).convert("RGB")                # no longer the file as read: used as given
-    assert A.to_pil_rgb(im).size == (40, 20)
+    assert I.to_pil_rgb(im).size == (40, 20)
 
 
 # The published rule keeps the smaller-area choice; for a sliver the LLaVA-NeXT rule's effective
@@ -202,12 +203,12 @@ def test_an_opened_but_truncated_file_is_named(tmp_path):
         A.tile_image(im, base=BASE)
     raised_by_us(e)
     with pytest.raises(ValueError, match=r"the PNG image is not a readable image"):
-        A.to_pil_rgb(Image.open(io.BytesIO(f.read_bytes())))
+        I.to_pil_rgb(Image.open(io.BytesIO(f.read_bytes())))
 
 
 def test_a_folder_is_not_an_image(tmp_path):
     with pytest.raises(ValueError, match=rf"{tmp_path.name}.*folder"):
-        A.to_pil_rgb(tmp_path)
+        I.to_pil_rgb(tmp_path)
 
 
 @pytest.mark.parametrize("as_str", [True, False])
@@ -223,7 +224,7 @@ def test_a_decompression_bomb_is_refused_with_its_name(tmp_path, monkeypatch):
     f.write_bytes(_png_bytes((64, 64)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ValueError, match=r"huge\.png.*not a readable image"):
-        A.to_pil_rgb(f)
+        I.to_pil_rgb(f)
 
 
 # --------------------------------------------------------------------------- arrays and tensors
@@ -269,8 +270,8 @@ def test_rgba_arrays_are_composited_on_white():
 
 def test_ambiguous_layouts_follow_the_documented_convention():
     x = np.zeros((3, 5, 4), np.uint8)                   # HWC (numpy convention): 5 wide, 3 high
-    assert A.to_pil_rgb(x).size == (5, 3)
-    assert A.to_pil_rgb(torch.from_numpy(x)).size == (4, 5)    # CHW (torch convention): 4 wide, 5 high
+    assert I.to_pil_rgb(x).size == (5, 3)
+    assert I.to_pil_rgb(torch.from_numpy(x)).size == (4, 5)    # CHW (torch convention): 4 wide, 5 high
 
 
 @pytest.mark.parametrize("bad, msg", [

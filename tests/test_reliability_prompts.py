@@ -22,7 +22,7 @@ from PIL import Image
 from seedx_lab import tokens as T
 from seedx_lab.anyres import tile_image
 from seedx_lab.generation import AutoImageTokenGenerationProcessor
-from seedx_lab.train import build_model
+from seedx_lab.training import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from seedx_lab.generation import AutoImageTokenGenerationProcessor
-from seedx_lab.trace import TraceMemoryError, estimate_bytes, trace
-from seedx_lab.train import build_model
+from seedx_lab.lab.trace import TraceMemoryError, estimate_bytes, trace
+from seedx_lab.training import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 

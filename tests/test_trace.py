@@ -7,7 +7,7 @@ from PIL import Image
 import seedx_lab
 from seedx_lab import tokens as T
 from seedx_lab.model import SeedX, SeedXConfig
-from seedx_lab.trace import TraceMemoryError, estimate_bytes, estimate_shapes, names, trace
+from seedx_lab.lab.trace import TraceMemoryError, estimate_bytes, estimate_shapes, names, trace
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
@@ -44,7 +44,7 @@ def assert_no_hooks(model):
     exactly those (the ``model`` fixture installs them up front), every other module none at all."""
     for name, (fwd, pre) in hook_table(model).items():
         for fn in [*fwd.values(), *pre.values()]:
-            assert getattr(fn, "__module__", "") != "seedx_lab.trace", name
+            assert getattr(fn, "__module__", "") != "seedx_lab.lab.trace", name
         if name.startswith("lvlm.llm"):
             assert (fwd, pre) == BASELINE_HOOKS[name], name
         else:

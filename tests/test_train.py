@@ -7,13 +7,14 @@ import torch
 
 from seedx_lab import tokens as T
 from seedx_lab import world as W
-from seedx_lab.train import (TrainConfig, Trainer, _cells, caption_pieces, collate, comprehension_pieces,
-                             encode_pieces, position_labels, read_log, story_pieces)
+from seedx_lab.sequences import caption_pieces, collate, comprehension_pieces, encode_pieces, story_pieces
+from seedx_lab.training.data import _cells, position_labels
+from seedx_lab.training.trainer import TrainConfig, Trainer, read_log
 
 
 @pytest.fixture(scope="module")
 def model():
-    from seedx_lab.train import build_model
+    from seedx_lab.training import build_model
     return build_model(0).eval()
 
 
@@ -36,7 +37,7 @@ def test_position_labels_name_what_is_where():
 
 
 def test_vit_batches_come_from_a_pool_of_rendered_views():
-    from seedx_lab.train import _seed_of, vit_batch, vit_example
+    from seedx_lab.training.data import _seed_of, vit_batch, vit_example
     cfg = TrainConfig(vit_pool=6, vit_batch=5)
     a, b = vit_batch(cfg, 3, 64), vit_batch(cfg, 3, 64)
     shapes = [tuple(t.shape) for t in a]
@@ -53,7 +54,7 @@ def test_vit_batches_come_from_a_pool_of_rendered_views():
 
 
 def test_object_shape_loss_reads_the_mean_of_each_shapes_cells():
-    from seedx_lab.train import ViTHeads
+    from seedx_lab.training.data import ViTHeads
     torch.manual_seed(0)
     heads = ViTHeads(8, 48)
     feats = torch.randn(2, 256, 8)
@@ -97,7 +98,7 @@ def test_collate_masks_match_blocks(model):
 
 
 def test_micro_training_run_logs_and_writes_a_loadable_model(tmp_path, monkeypatch):
-    from seedx_lab.model import load
+    from seedx_lab.loading import load
     cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), out=str(tmp_path / "m"), vit_steps=3, vae_steps=2,
                                 unet_steps=2, llm_steps=3, cache_size=8, comprehension_pool=2, story_pool=2,
                                 vit_batch=2, vae_batch=2, unet_batch=2, llm_batch=3, comprehension_batch=5,
@@ -125,7 +126,7 @@ def _lane_config(tmp_path, name, **kw):
 def test_parallel_lanes_write_the_same_weights_as_one_process(tmp_path):
     """Stages b and c in two processes give what one process gives with the same thread count, bit for bit:
     each lane owns its parameters, and the merge takes each from its owner."""
-    from seedx_lab.model import load
+    from seedx_lab.loading import load
     seq = load(Trainer(_lane_config(tmp_path, "seq", parallel=False), fresh=True, progress=False).run())
     tr = Trainer(_lane_config(tmp_path, "par"), fresh=True, progress=False)
     assert tr.parallel
@@ -177,10 +178,10 @@ def test_an_interrupted_parallel_run_resumes_each_lane_from_its_own_state(tmp_pa
     import sys
     import time
     from dataclasses import asdict
-    from seedx_lab.model import load
+    from seedx_lab.loading import load
     cfg = _lane_config(tmp_path, "int", unet_steps=30, llm_steps=40, ckpt_every=4, threads=2)
     work = tmp_path / "int"
-    script = f"from seedx_lab.train import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
+    script = f"from seedx_lab.training import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -216,7 +217,7 @@ def test_lanes_end_when_their_parent_is_killed_outright(tmp_path):
     import time
     from dataclasses import asdict
     cfg = _lane_config(tmp_path, "kill", cache_size=6000, comprehension_pool=3000, story_pool=1500)
-    script = f"from seedx_lab.train import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
+    script = f"from seedx_lab.training import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -253,7 +254,7 @@ def test_lanes_end_when_their_parent_is_killed_outright(tmp_path):
 
 def test_cli_train_runs_the_lanes_unless_told_to_stay_in_one_process(monkeypatch, tmp_path):
     from seedx_lab import cli
-    from seedx_lab import train as TR
+    from seedx_lab.training import trainer as TR
     seen = []
     monkeypatch.setattr(TR, "train", lambda cfg, fresh, progress: seen.append(cfg))
     for extra in ([], ["--sequential"]):
@@ -269,7 +270,7 @@ def test_llm_mix_names_known_tasks():
 
 
 def test_unet_timesteps_are_logit_normal_or_left_to_the_detokenizer():
-    from seedx_lab.train import unet_timesteps
+    from seedx_lab.training.data import unet_timesteps
     g = torch.Generator().manual_seed(0)
     t = unet_timesteps(TrainConfig(unet_t_mean=1.0, unet_t_std=1.0), g, 4000)
     assert t.shape == (4000,) and t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= 999
@@ -307,7 +308,7 @@ def test_comprehension_pool_keeps_only_a_share_of_lone_objects(tmp_path):
 def test_comprehension_batches_hold_pictures_of_one_view_count(tmp_path):
     from collections import Counter
 
-    from seedx_lab.train import _seed_of
+    from seedx_lab.training.data import _seed_of
     cfg = TrainConfig.quick_run(work=str(tmp_path / "w"), cache_size=2, comprehension_pool=60, story_pool=1,
                                 comprehension_buckets=True)
     tr = Trainer(cfg, fresh=True, progress=False)

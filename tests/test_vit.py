@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seedx_lab.vit import CLIP_MEAN, CLIP_STD, VisionTransformer, ViTConfig, denormalize, normalize
+from seedx_lab.images import CLIP_MEAN, CLIP_STD, denormalize, normalize
+from seedx_lab.vit import VisionTransformer, ViTConfig
 
 
 def tiny_model(dtype=torch.float64, seed=0):

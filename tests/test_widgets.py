@@ -6,7 +6,7 @@ import torch
 import seedx_lab
 from seedx_lab import anyres, probes, widgets as V
 from seedx_lab import world as W
-from seedx_lab.train import build_model
+from seedx_lab.training import build_model
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]

@@ -66,12 +66,12 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from . import tokens as T
-from .detokenizer import Detokenizer, DetokenizerConfig
-from .lvlm import ContinuousLVLM, LLMConfig, pool_targets
-from .model import SeedX, SeedXConfig
-from .resampler import Resampler, ResamplerConfig
-from .vit import ViTConfig, VisionTransformer
+from .. import tokens as T
+from ..detokenizer import Detokenizer, DetokenizerConfig
+from ..lvlm import ContinuousLVLM, LLMConfig, pool_targets
+from ..model import SeedX, SeedXConfig
+from ..resampler import Resampler, ResamplerConfig
+from ..vit import ViTConfig, VisionTransformer
 
 __all__ = [
     "VARIANTS", "PublishedPaths", "PublishedConfigs", "is_published_layout", "variant_for_name",
@@ -489,7 +489,7 @@ def _build_agent(llm, token_ids, configs: PublishedConfigs, device) -> Continuou
 
 def _check_agent(state, path, configs: PublishedConfigs, token_ids, llm_config: LLMConfig) -> None:
     """Keys/shapes of the agent file against a meta-built ContinuousLVLM (and the LLM for ``llm.*``)."""
-    from .lvlm import build_llm
+    from ..lvlm import build_llm
 
     own = _build_agent(nn.Identity(), token_ids, configs, "meta")
     expected = _shapes(own)
@@ -750,7 +750,7 @@ def parameter_counts(configs: PublishedConfigs | None = None, llm: LLMConfig | N
     """Parameters of each part, counted on modules built on the ``meta`` device (nothing is allocated).
 
     Defaults: the published SEED-X (LLaMA-2-13B with 32330 tokens, Qwen-VL ViT-G, SDXL)."""
-    from .lvlm import build_llm
+    from ..lvlm import build_llm
 
     configs = configs or PublishedConfigs.published()
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -125,9 +125,9 @@ class _Stages:
     """The stage modules of a model, found by type (any of them may be None)."""
 
     def __init__(self, model: nn.Module):
-        from .detokenizer import Detokenizer
-        from .lvlm import ContinuousLVLM
-        from .vit import VisionTransformer
+        from ..detokenizer import Detokenizer
+        from ..lvlm import ContinuousLVLM
+        from ..vit import VisionTransformer
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"trace needs a torch.nn.Module (e.g. a SeedX), got {type(model).__name__}")

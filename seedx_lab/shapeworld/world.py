@@ -276,17 +276,6 @@ def shape_outline(shape: str, n_circle: int = 72) -> list[tuple[float, float]]:
     return [((x - mx) / sx, (y - my) / sy) for x, y in pts]
 
 
-def shape_mask(shape: str, n: int = 32, supersample: int = 8) -> np.ndarray:
-    """``n`` x ``n`` float coverage (0..1) of ``shape`` filling the whole square."""
-    if n <= 0:
-        raise ValueError(f"mask size must be positive, got {n}")
-    big = n * supersample
-    img = Image.new("L", (big, big), 0)
-    pts = [((x + 1) / 2 * big, (y + 1) / 2 * big) for x, y in shape_outline(shape)]
-    ImageDraw.Draw(img).polygon(pts, fill=255)
-    return np.asarray(img.resize((n, n), Image.Resampling.BOX), dtype=np.float32) / 255.0
-
-
 def render(scene: Scene, size: int | tuple[int, int] | None = None, supersample: int = 4) -> Image.Image:
     """Draw ``scene`` as an RGB image (anti-aliased by supersampling).
 
@@ -381,12 +370,6 @@ def split_of_triple(shape: str, colour: str, position: str) -> str:
     if t in VALIDATION_TRIPLES:
         return "validation"
     return "train"
-
-
-def triples_for_split(split: str) -> list[tuple[str, str, str]]:
-    """The triples a primary object of ``split`` is drawn from."""
-    _check_split(split)
-    return list(_PRIMARY[split])
 
 
 # --------------------------------------------------------------------------- layout

@@ -15,16 +15,16 @@ triples never seen in training):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import judge as J
 from . import world as W
-from .generation import AutoImageTokenGenerationProcessor
-from .tokens import find_image_blocks
-from .train import collate, encode_pieces, story_pieces
+from ..generation import AutoImageTokenGenerationProcessor
+from ..tokens import find_image_blocks
+from ..sequences import collate, encode_pieces, story_pieces
 
 
 @dataclass

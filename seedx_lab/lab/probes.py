@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .generation import (OUTSIDE, AutoImageTokenGenerationProcessor, blocked_token_ids,
+from ..generation import (OUTSIDE, AutoImageTokenGenerationProcessor, blocked_token_ids,
                          blocked_token_would_win)
-from .tokens import BOI_TOKEN, find_image_blocks
+from ..tokens import BOI_TOKEN, find_image_blocks
 from .trace import trace
 
 __all__ = ["BoiTrace", "boi_trace", "BlockingStats", "BlockingComparison", "compare_blocking",

@@ -214,7 +214,7 @@ class TilingViewer(StageView):
         super().__init__()
         import ipywidgets as W
 
-        from . import anyres
+        from .. import anyres
 
         self.image = anyres.to_pil_rgb(image)
         self.base = int(base)
@@ -246,7 +246,7 @@ class TilingViewer(StageView):
         ``space="input"``: on the input image (the image is stretched to the grid, so borders fall at
         ``i * w0 / C`` and ``j * h0 / R``); ``space="resized"``: on the stretched image (``i * base``).
         """
-        from .anyres import parse_grid
+        from ..anyres import parse_grid
 
         c, r = parse_grid(grid or self.selected)
         if space == "input":
@@ -283,7 +283,7 @@ class TilingViewer(StageView):
     def _draw(self, fig) -> None:
         from matplotlib.patches import Rectangle
 
-        from .anyres import parse_grid
+        from ..anyres import parse_grid
 
         c, r = parse_grid(self.selected)
         row = self.rows[self.selected]
@@ -477,7 +477,7 @@ def attention_viewer(model, image, which: str = "input_resampler", trace=None, b
     attention from a finished ``trace`` that captured it for this image (``model`` may then be None if
     ``base``, the tile size, is given).
     """
-    from . import anyres
+    from .. import anyres
     from .trace import trace as make_trace
 
     if which not in _ATTN_NAMES:
@@ -712,7 +712,7 @@ def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 
     * ``token_timeline(model, trace=t)``: from a finished trace that captured ``processor.decisions`` and
       ``llm.token_ids`` (e.g. around ``model.generate_image``); the last generate call is shown.
     """
-    from . import tokens as T
+    from .. import tokens as T
     from .trace import trace as make_trace
 
     tokenizer = tokenizer or getattr(model, "tokenizer", None)

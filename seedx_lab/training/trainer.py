@@ -1,63 +1,32 @@
 """Three-stage training of seedx-tiny on the shape world, as in the SEED-X paper, on a CPU.
 
-Stage a — visual encoder. The ViT is trained *supervised*: (1) every one of its 256 output
-tokens reconstructs the pixels of its own 4x4 cell of the 64-pixel view, names the colour and the
-shape of the object that covers the cell (or background; object cells weigh more) and says where
-the cell is (x, y);
-(2) from the mean of its tokens, small heads name the colour and the shape found at each of the
-five positions (left/right/top/bottom/centre) of a global view; and (3) from the mean of the
-tokens of each shape's cells, a head names that shape (the outline, spread over many tokens, is what
-tells a circle from a square). Views are rendered once into a pool (``vit_pool``), because drawing
-the labels costs more than a training step. Why not contrastive with captions? With a
-few hundred distinct captions a contrastive loss saturates quickly and says nothing about
-*where* things are; the de-tokenizer needs features that keep the picture (the per-cell
-target makes token i stand for cell i, so the published 1-D pooling of 4 consecutive tokens is
-meaningful), and the describer needs features that name attributes (the heads). The heads are
-thrown away after this stage.
+Stage a — visual encoder, trained *supervised* (:mod:`seedx_lab.training.data` builds the views and
+labels): each of its 256 output tokens reconstructs the pixels of its own cell of the view and names the
+colour, shape and place of what covers it; small heads on the mean of the tokens name what sits at each of
+the five positions; a head on the mean of each shape's cells names that shape. A contrastive loss against a
+few hundred distinct captions says nothing about *where* things are; the per-cell target makes token i stand
+for cell i, so the published 1-D pooling of four consecutive tokens keeps meaning. The heads are thrown away.
 
-Stage b — de-tokenizer. The VAE learns to reconstruct world images (object pixels weigh
-``vae_foreground_weight`` times the background, plus an L1 term: with plain MSE a fifth of the
-held-out objects came back in the wrong hue, e.g. red turned purple), its latent scale is
-calibrated, then the adapter + UNet learn to denoise latents conditioned on the *pooled* (64-token)
-ViT features of the frozen encoder — exactly what the output resampler will hand
-them at inference. Their timesteps are drawn logit-normal, leaning to the noisy end where the layout is
-decided (uniform timesteps drew 0.765 of 200 validation captions right from the true features, this 0.795;
-centred at the middle, 0.625).
+Stage b — de-tokenizer. The VAE learns to reconstruct world images (object pixels weigh more than the
+background, plus an L1 term that keeps flat colours saturated), its latent scale is calibrated, then the
+adapter + UNet learn to denoise latents conditioned on the *pooled* (64-token) features of the frozen ViT —
+what the output resampler hands them at inference. Timesteps lean to the noisy end, where the layout is decided.
 
-Stage c — LLM + input and output resamplers, with the LM loss (text and the ``<img>`` opener of
-every generated image) and the regression loss on the 64 pooled features, over a mix of
-caption→image, image→text (any-res tiles, SEED-X-I template), interleaved stories and
-text-only samples (``llm_mix``: the task of each step in turn, six caption steps, five comprehension
-steps and one story step in every twelve of 2,000). The mix is a time budget: on one CPU thread a caption
-step costs about 0.17 s, a comprehension step 0.92 s and a story step 0.44 s. Caption steps are short
-sequences, so they are cheap, and their share is what draws images right (three in six steps instead of one
-in four lifted the drawn images from 0.63 to 0.78 of 100 validation captions, stage c alone on the same ViT and
-de-tokenizer); comprehension steps are what describe right (three in seven instead of two lifted naming the
-first object of 200 test pictures from 0.86 to 0.90, three seeds each, stage c alone on a GPU); stories are
-learnt quickly, but one story step in fourteen or sixteen let the model read ``<img>`` into plain text in two
-runs of three (false_boi 0.30), one in twelve did not (0.025). README, "seedx-tiny", has the runs.
-
-Describing fails on binding (objects alone are named right; objects with company borrow each other's
-attributes), and what helped is seeing more scenes with company: the comprehension pool (3,000
-pictures) keeps only 0.2 of the one-object scenes (``comprehension_keep_single``), and a comprehension step
-reads 24 pictures (``comprehension_batch``) of one view count (``comprehension_buckets``: a batch is not
-padded to five views, about 30 % fewer tokens). Stage c alone, naming the first object of 300 validation
-pictures went 0.727 (all scenes, 8 pictures a step) -> 0.767 (0.35 of lone scenes) -> 0.833 (16 pictures),
-and eight variants at a time on a GPU put 24 pictures and the 0.2 pool at about 0.85 over seeds. More
-pictures with company also made the model read ``<img>`` into plain text (a full run: false_boi 0.055),
-so 0.6 of a story step's sequences are text-only samples (``story_text_only``; 0.3 before). With these
-batches the LLM learns at 1e-3 (2e-3 described worse, 2.5e-3 diverged).
+Stage c — LLM + input and output resamplers, with the LM loss (text and the ``<img>`` opener of each
+generated image) and the regression loss on the 64 pooled features, over a mix of caption→image,
+image→text (any-res tiles, SEED-X-I template), interleaved stories and text-only samples (``llm_mix``, the
+task of each step in turn). The mix is a time budget: caption steps are short and draw the images,
+comprehension steps are long and teach describing, story and text-only steps teach when ``<img>`` belongs.
 
 Stages b and c both start from the finished ViT and never read each other, so on a CPU they run side by
-side (``parallel``, the default): two spawned "lanes", ``detok`` (stage b) and ``llm`` (stage c), of half the
-threads each. Models this small use a second thread poorly, so two one-thread processes get more done per
-second than one two-thread process (``benchmarks/lanes.py``). A lane's weights are what one process with
-the lane's thread count would write, bit for bit (a test checks it).
+side (``parallel``): two spawned "lanes", ``detok`` (stage b) and ``llm`` (stage c), of half the threads each,
+because models this small use a second thread poorly (``benchmarks/lanes.py``). A lane's weights are what one
+process with the lane's thread count would write, bit for bit (a test checks it).
 
-Everything is seeded; progress bars show each stage (a lane's progress is drawn by the parent); every stage
-logs to ``train_log.csv``; a resumable state (``state.pt``; ``state-detok.pt`` and ``state-llm.pt`` while
-the lanes run, merged into ``state.pt`` when both are done; all written atomically) is kept in the work
-directory.
+Everything is seeded; progress bars show each stage; every stage logs to ``train_log.csv``; a resumable state
+(``state.pt``; ``state-detok.pt`` and ``state-llm.pt`` while the lanes run, merged when both are done; all
+written atomically) is kept in the work directory. ``docs/training.md`` explains the design,
+``docs/experiments.md`` holds the runs that chose the defaults.
 """
 from __future__ import annotations
 
@@ -72,122 +41,21 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import tokens as T
-from . import world as W
-from .anyres import tile_image, to_tensor
-from .lvlm import pool_targets
-from .model import DESCRIBE_QUESTION, SeedX, SeedXConfig
+from ..files import atomic_write
+from ..lvlm import pool_targets
+from ..sequences import caption_pieces, collate, comprehension_pieces, encode_pieces, story_pieces
+from ..shapeworld import world as W
+from .config import LANE_PARAMS, LANES, STAGE_ORDER, TrainConfig, build_model
+from . import data as D
+from .data import ViTHeads, _seed_of, image_to_unit, unet_timesteps, vit_batch, vit_pool
 
-STAGES = ("vit", "vae", "unet", "llm")
-STAGE_ORDER = ("vit", "vae", "vae_calibrated", "unet", "llm")      # entries of a state's ``done`` list
-# stages b and c as two lanes that may run side by side once the ViT is trained, and the parameters each owns
-LANES = {"detok": ("vae", "vae_calibrated", "unet"), "llm": ("llm",)}
-LANE_PARAMS = {"detok": "detok.", "llm": "lvlm."}
-LLM_TASKS = ("caption", "comprehension", "story")
-N_POS = len(W.POSITIONS)
-
-
-@dataclass
-class TrainConfig:
-    out: str = "data/seedx-tiny"          # where the finished checkpoint goes
-    work: str = "runs/seedx-tiny"         # resumable state and logs
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    vit_steps: int = 1400
-    vit_batch: int = 32
-    vit_pool: int = 4000                  # views rendered once for stage a (0: render every batch afresh)
-    vit_shape_weight: float = 4.0         # weight of object cells (vs background) in the per-cell shape loss
-    vit_object_weight: float = 1.0        # weight of the shape-from-mean-of-its-cells loss
-    vit_colour_weight: float = 4.0        # weight of object cells (vs background) in the per-cell colour loss
-    vae_steps: int = 300
-    vae_batch: int = 32
-    vae_foreground_weight: float = 5.0    # object pixels weigh this much more than background in the VAE loss
-    vae_l1_weight: float = 0.5            # L1 term of the VAE reconstruction error (keeps flat colours saturated)
-    cache_size: int = 4000                # caption images whose features/latents are cached
-    comprehension_pool: int = 3000        # comprehension samples whose view features are cached
-    # chance that a one-object scene is kept in that pool (1.0: the world's own mix, about half of the
-    # scenes). Lone objects are named right almost always; scenes of 2-3 objects are where describing fails
-    comprehension_keep_single: float = 0.2
-    story_pool: int = 1500                # stories whose image features are cached
-    # chance that a story step's sequence is a text-only sample (no image belongs) rather than a story:
-    # what teaches the model to keep <img> to itself
-    story_text_only: float = 0.6
-    unet_steps: int = 2700
-    unet_batch: int = 32
-    llm_steps: int = 2000
-    llm_batch: int = 16
-    # batch of a comprehension step (its sequences are long, up to five views of 64 tokens: a step of 24 costs
-    # about seven caption steps of 16)
-    comprehension_batch: int = 24
-    # each comprehension batch holds pictures of one view count (2-5 views), so a batch is not padded to the
-    # longest picture in it: about 30 % fewer tokens per step, the same pictures in the same proportions
-    comprehension_buckets: bool = True
-    # stage c's task of each step, in turn (caption = caption -> image, comprehension = image -> text,
-    # story = interleaved or text-only)
-    llm_mix: tuple = ("caption", "comprehension", "caption", "story", "comprehension", "caption", "comprehension",
-                      "caption", "comprehension", "caption", "comprehension", "caption")
-    lr: float = 1e-3
-    unet_lr: float | None = None          # learning rate of stage b's adapter + UNet (None: ``lr``)
-    # stage b's training timesteps: t = T * sigmoid(N(mean, std)) (logit-normal), or uniform when mean is None.
-    # mean 1 leans to the noisy end, where the layout is decided
-    unet_t_mean: float | None = 1.0
-    unet_t_std: float = 1.0
-    llm_lr: float = 1e-3
-    ckpt_every: int = 200
-    log_every: int = 10
-    # stages b (VAE, adapter + UNet) and c (LLM) need the finished ViT but not each other: on a CPU they run
-    # side by side in two processes ("lanes") of half the threads each, because these small models use a
-    # second thread poorly (one step on two threads is only 1.5-1.7x as fast as on one). False, or a device
-    # other than the CPU: one stage after another in this process
-    parallel: bool = True
-    quick: bool = False
-
-    def __post_init__(self):
-        self.llm_mix = tuple(self.llm_mix)
-        if isinstance(self.comprehension_batch, bool) or not isinstance(self.comprehension_batch, int) \
-                or self.comprehension_batch < 1:
-            raise ValueError(f"comprehension_batch must be a positive int, got {self.comprehension_batch!r}")
-        if not 0.0 <= self.story_text_only <= 1.0:
-            raise ValueError(f"story_text_only must be in [0, 1], got {self.story_text_only}")
-        if not 0.0 < self.comprehension_keep_single <= 1.0:
-            raise ValueError(f"comprehension_keep_single must be in (0, 1], got {self.comprehension_keep_single}")
-        bad = [k for k in self.llm_mix if k not in LLM_TASKS]
-        if not self.llm_mix or bad:
-            raise ValueError(f"llm_mix must be a non-empty sequence of {', '.join(LLM_TASKS)}; got {list(self.llm_mix)}")
-
-    @classmethod
-    def quick_run(cls, **kw) -> "TrainConfig":
-        """A few minutes on a CPU: same code path, far fewer steps (losses fall, quality is low)."""
-        base = dict(vit_steps=40, vit_batch=16, vit_pool=0, vae_steps=30, vae_batch=16, cache_size=128, comprehension_pool=32,
-                    story_pool=32, unet_steps=60, unet_batch=16, llm_steps=90, llm_batch=8, comprehension_batch=4,
-                    ckpt_every=50, quick=True,
-                    out="runs/seedx-quick/model", work="runs/seedx-quick")
-        base.update(kw)
-        return cls(**base)
-
-
-def build_tokenizer():
-    return T.build_tokenizer(W.vocabulary())
-
-
-def build_model(seed: int = 0, device="cpu") -> SeedX:
-    tok = build_tokenizer()
-    torch.manual_seed(seed)
-    cfg = SeedXConfig.tiny(vocab_size=len(tok))
-    return SeedX(cfg, tok, device=device)
-
-
-# --------------------------------------------------------------------------- logging / state
 
 class CSVLog:
     """Appends ``stage, step, name=value…`` rows to a CSV file (kept across resumes)."""
@@ -216,254 +84,14 @@ class CSVLog:
 
 
 def _atomic_save(obj, path: Path):
-    """``torch.save`` to ``path.tmp``, then rename over ``path``: an interrupted save leaves the previous
-    file intact and no temporary behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def unet_timesteps(cfg: TrainConfig, generator: torch.Generator, n: int, T: int = 1000):
-    """``n`` training timesteps for stage b: logit-normal ``T * sigmoid(N(unet_t_mean, unet_t_std))`` (``[n]`` ints
-    in [0, T)), or None (uniform, drawn by the de-tokenizer) when ``unet_t_mean`` is None."""
-    if cfg.unet_t_mean is None:
-        return None
-    u = torch.randn(n, generator=generator) * cfg.unet_t_std + cfg.unet_t_mean
-    return (torch.sigmoid(u) * T).long().clamp(0, T - 1)
+    """``torch.save`` that leaves the previous file intact (and no temporary) if interrupted."""
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def _cosine(step, total, base, warmup=20):
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-# --------------------------------------------------------------------------- data helpers
-
-def _seed_of(cfg: TrainConfig, stage: str, step: int, i: int) -> int:
-    return (cfg.seed * 1_000_003 + STAGES.index(stage) * 10_000_019 + step * 997 + i) % (2 ** 31)
-
-
-def image_to_unit(image) -> torch.Tensor:
-    """PIL RGB -> ``[3, H, W]`` in [0, 1]."""
-    return to_tensor(image, normalize=False)
-
-
-def position_labels(scene: W.Scene) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour and shape class at each of the 5 positions (0 = nothing there): two ``[5]`` tensors."""
-    col = torch.zeros(N_POS, dtype=torch.long)
-    shp = torch.zeros(N_POS, dtype=torch.long)
-    colours = list(W.COLOURS)
-    for o in scene.objects:
-        p = W.POSITIONS.index(o.position)
-        col[p] = colours.index(o.colour) + 1
-        shp[p] = W.SHAPES.index(o.shape) + 1
-    return col, shp
-
-
-#: colours that stand for shapes in a shape-coded render (any four well-separated palette colours)
-SHAPE_CODE = {"circle": "red", "square": "green", "triangle": "blue", "star": "yellow"}
-
-
-def _classify(unit: torch.Tensor, palette: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[3, H, W]`` in [0, 1] -> per-cell class ``[grid*grid]``: the palette index most pixels of the cell
-    are nearest to (palette ``[K, 3]`` in [0, 1])."""
-    d = ((unit.permute(1, 2, 0)[:, :, None, :] - palette) ** 2).sum(-1)          # [H, W, K]
-    nearest = F.one_hot(d.argmin(-1), palette.shape[0]).float()                  # [H, W, K]
-    h, w, k = nearest.shape
-    votes = nearest.view(grid, h // grid, grid, w // grid, k).sum((1, 3))        # [grid, grid, K]
-    return votes.argmax(-1).reshape(-1)
-
-
-def cell_labels(scene: W.Scene, image, base: int, view: int):
-    """Colour class (0 = background, 1.. = ``COLOURS``) and shape class (0 = background, 1.. = ``SHAPES``)
-    of each of the 16x16 cells of any-res view ``view`` of ``image``: two ``[256]`` tensors."""
-    colours = torch.tensor([scene.background, *W.COLOURS.values()], dtype=torch.float) / 255
-    coded = W.Scene(scene.width, scene.height, (255, 255, 255),
-                    [W.Obj(o.shape, SHAPE_CODE[o.shape], o.size, o.cx, o.cy) for o in scene.objects])
-    shape_palette = torch.tensor([(255, 255, 255)] + [W.COLOURS[SHAPE_CODE[sh]] for sh in W.SHAPES], dtype=torch.float) / 255
-    col = _classify(image_to_unit(tile_image(image, base=base, normalize=False).images[view]), colours, 16)
-    shp = _classify(image_to_unit(tile_image(W.render(coded), base=base, normalize=False).images[view]), shape_palette, 16)
-    return col, shp
-
-
-def vit_example(seed: int, global_view: bool, base: int):
-    """One ViT training view: a square caption image's global view (with what-is-where labels) or a
-    random any-res view of a comprehension image (a tile: labels -100). Returns pixels ``[3, base, base]``,
-    cell pixels ``[256, 3*c*c]``, cell colour and shape classes ``[256]`` each, and ``[5]`` colour / shape."""
-    sample = W.caption_image_sample(seed) if global_view else W.comprehension_sample(seed)
-    views = tile_image(sample.image, base=base)
-    k = len(views) - 1 if global_view else random.Random(seed).randrange(len(views))
-    ccol, cshp = cell_labels(sample.scene, sample.image, base, k)
-    if k == len(views) - 1:
-        col, shp = position_labels(sample.scene)
-    else:                                                # a tile: positions are not defined
-        col = shp = torch.full((N_POS,), -100, dtype=torch.long)
-    return views.pixels[k], _cells(image_to_unit(views.images[k]), 16), ccol, cshp, col, shp
-
-
-_VIT_POOLS: dict = {}
-
-
-def vit_pool(cfg: TrainConfig, base: int, progress: bool = False):
-    """``cfg.vit_pool`` views rendered (and labelled) once, as six stacked tensors: rendering the labels
-    costs more than a training step of the tiny ViT, so stage a draws its batches from this pool."""
-    key = (cfg.seed, cfg.vit_pool, base)
-    if key not in _VIT_POOLS:
-        rows = [vit_example(_seed_of(cfg, "vit", 0, 20_000_000 + k), k % 2 == 0, base)
-                for k in tqdm(range(cfg.vit_pool), desc="render ViT views", disable=not progress, mininterval=1.0)]
-        _VIT_POOLS.clear()                                  # one pool at a time (a few hundred MB)
-        _VIT_POOLS[key] = tuple(torch.stack(x) for x in zip(*rows))
-    return _VIT_POOLS[key]
-
-
-def vit_batch(cfg: TrainConfig, step: int, base: int):
-    """Half square caption images (global views, with position labels), half random any-res views:
-    ``cfg.vit_batch`` of them drawn from :func:`vit_pool` (or rendered afresh when ``cfg.vit_pool`` is 0).
-
-    Returns pixels ``[B, 3, base, base]``, cell pixels ``[B, 256, 3*c*c]``, cell colour and shape classes
-    ``[B, 256]`` each, and what-is-where labels ``[B, 5]`` (colour) and ``[B, 5]`` (shape; -100 for tiles).
-    """
-    if cfg.vit_pool:
-        pool = vit_pool(cfg, base)
-        g = torch.Generator().manual_seed(_seed_of(cfg, "vit", step, 0))
-        idx = torch.randint(0, cfg.vit_pool, (cfg.vit_batch,), generator=g)
-        return tuple(t[idx] for t in pool)
-    rows = [vit_example(_seed_of(cfg, "vit", step, i), i % 2 == 0, base) for i in range(cfg.vit_batch)]
-    return tuple(torch.stack(x) for x in zip(*rows))
-
-
-def _cells(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[3, H, W]`` -> ``[grid*grid, 3*(H/grid)*(W/grid)]``, cells in raster order."""
-    c, h, w = x.shape
-    ch, cw = h // grid, w // grid
-    return x.view(c, grid, ch, grid, cw).permute(1, 3, 0, 2, 4).reshape(grid * grid, c * ch * cw)
-
-
-class ViTHeads(nn.Module):
-    """Training-only heads of stage a."""
-
-    def __init__(self, dim: int, cell_values: int):
-        super().__init__()
-        nc, ns = len(W.COLOURS) + 1, len(W.SHAPES) + 1
-        self.cell = nn.Linear(dim, cell_values + nc + ns + 2)      # pixels, colour, shape, (x, y) of each token
-        self.colour = nn.Linear(dim, N_POS * nc)
-        self.shape = nn.Linear(dim, N_POS * ns)
-        self.object_shape = nn.Linear(dim, ns - 1)                 # from the mean over one shape's cells
-        self.split = (cell_values, nc, ns, 2)
-
-    def forward(self, feats):                           # feats [B, 256, D]
-        g = feats.mean(1)
-        pixels, colour, shape, xy = self.cell(feats).split(self.split, dim=-1)
-        return (pixels, colour, shape, xy, self.colour(g).view(-1, N_POS, self.split[1]),
-                self.shape(g).view(-1, N_POS, self.split[2]))
-
-    def object_shape_loss(self, feats, cell_shape):
-        """Cross-entropy of naming each shape present from the *mean* of the tokens of its cells
-        (feats ``[B, 256, D]``, cell_shape ``[B, 256]``, 0 = background). One token alone cannot tell a
-        circle's inside from a square's; averaged, the tokens along the outline can, which is how the
-        resamplers (attention = weighted means) will read them."""
-        ns = self.object_shape.out_features
-        member = F.one_hot(cell_shape, ns + 1)[..., 1:].to(feats.dtype)              # [B, 256, S]
-        count = member.sum(1)                                                       # [B, S]
-        pooled = torch.einsum("bns,bnd->bsd", member, feats) / count.clamp(min=1)[..., None]
-        present = count > 0
-        if not bool(present.any()):
-            return feats.sum() * 0
-        target = torch.arange(ns, device=feats.device).expand_as(count)[present]
-        return F.cross_entropy(self.object_shape(pooled[present]), target)
-
-
-# --------------------------------------------------------------------------- stage c sequences
-# A sequence is a list of pieces: ("text", str, labelled) | ("gen", features [256, D])
-# | ("cmp", features [views, 256, D], positions [views, 2]). The same builders serve evaluation.
-
-def caption_pieces(caption: str, feats=None):
-    return [("text", caption, True), ("gen", feats)]
-
-
-def comprehension_pieces(feats, pos, question: str, answer: str | None):
-    pieces = [("text", "[INST]", False), ("cmp", feats, pos), ("text", " " + question + " [/INST]", False)]
-    return pieces + ([("text", answer, True)] if answer is not None else [])
-
-
-def story_pieces(segments, feats=None):
-    pieces, j = [], 0
-    for seg in segments:
-        if isinstance(seg, str):
-            pieces.append(("text", seg + " ", True))
-        else:
-            pieces.append(("gen", None if feats is None else feats[j]))
-            j += 1
-    return pieces
-
-
-def encode_pieces(model: SeedX, pieces):
-    """Pieces -> (ids, labels, gen_flags, cmp_feats, cmp_pos, gen_feats).
-
-    Labels follow SEED-X: text marked ``labelled`` and ``</s>``, and the ``<img>`` of each generated
-    block; image tokens never. ``gen_flags`` has one entry per image block: True (generated, with a
-    regression target), False (comprehension) or None (generated block without a target).
-    """
-    m = model
-    ids, labels, flags, cf, cp, gf = [m.tokenizer.bos_token_id], [-100], [], [], [], []
-    n_tok = m.lvlm.num_img_tokens
-    tid = m.token_ids
-    for p in pieces:
-        if p[0] == "text":
-            t = m.tokenizer.encode(p[1], add_special_tokens=False)
-            ids += t
-            labels += t if p[2] else [-100] * len(t)
-        elif p[0] == "gen":
-            ids += [tid.boi, *tid.img[:n_tok], tid.eoi]
-            labels += [tid.boi] + [-100] * (n_tok + 1)
-            flags.append(None if p[1] is None else True)
-            if p[1] is not None:
-                gf.append(p[1])
-        elif p[0] == "cmp":
-            n = p[1].shape[0]
-            t = m.tokenizer.encode(m.image_prompt(n), add_special_tokens=False)
-            ids += t
-            labels += [-100] * len(t)
-            flags += [False] * n
-            cf.append(p[1])
-            cp.append(p[2])
-        else:
-            raise ValueError(f"unknown piece kind {p[0]!r}")
-    ids.append(m.tokenizer.eos_token_id)
-    labels.append(m.tokenizer.eos_token_id)
-    return ids, labels, flags, cf, cp, gf
-
-
-def collate(model: SeedX, examples, device="cpu"):
-    """Right-padded batch of encoded examples, as keyword arguments of ``ContinuousLVLM.forward``."""
-    pad = model.tokenizer.pad_token_id
-    L = max(len(e[0]) for e in examples)
-    B = len(examples)
-    ids = torch.full((B, L), pad, dtype=torch.long)
-    labels = torch.full((B, L), -100, dtype=torch.long)
-    att = torch.zeros((B, L), dtype=torch.long)
-    cmp = torch.zeros((B, L), dtype=torch.bool)
-    gen = torch.zeros((B, L), dtype=torch.bool)
-    cf, cp, gf = [], [], []
-    for b, (i, l, flags, f1, p1, f2) in enumerate(examples):
-        ids[b, :len(i)] = torch.tensor(i)
-        labels[b, :len(l)] = torch.tensor(l)
-        att[b, :len(i)] = 1
-        for blk, flag in zip(T.find_image_blocks(i, model.token_ids), flags):
-            if flag is not None:
-                (gen if flag else cmp)[b, blk.token_start: blk.token_start + blk.n_tokens] = True
-        cf += f1
-        cp += p1
-        gf += f2
-    return dict(input_ids=ids.to(device), attention_mask=att.to(device), labels=labels.to(device),
-                image_features=torch.cat(cf).to(device) if cf else None, ids_cmp_mask=cmp.to(device) if cf else None,
-                patch_positions=torch.cat(cp).to(device) if cp else None,
-                target_features=torch.stack(gf).to(device) if gf else None, ids_gen_mask=gen.to(device) if gf else None)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -647,7 +275,7 @@ class Trainer:
     @torch.no_grad()
     def _vit_features(self, unit: torch.Tensor) -> torch.Tensor:
         """``[N, 3, 64, 64]`` in [0, 1] -> ViT features ``[N, 256, D]`` (in chunks)."""
-        from .vit import normalize
+        from ..images import normalize
         return torch.cat([self.model.vit(normalize(unit[k:k + 128].to(self.device))) for k in range(0, len(unit), 128)])
 
     @torch.no_grad()
@@ -784,7 +412,7 @@ class Trainer:
         stdout and is drawn here; their states are merged into ``state.pt`` when both have finished."""
         todo = [lane for lane, stages in LANES.items() if any(k not in self.done for k in stages)]
         if todo:
-            _VIT_POOLS.clear()                               # the lanes do not need stage a's views
+            D._VIT_POOLS.clear()                               # the lanes do not need stage a's views
             threads = max(1, (self.cfg.threads or torch.get_num_threads()) // 2)
             spec = json.dumps(dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0, parent=os.getpid()))
             totals = dict(vae=self.cfg.vae_steps, unet=self.cfg.unet_steps, llm=self.cfg.llm_steps)
@@ -796,7 +424,7 @@ class Trainer:
             try:
                 for lane in todo:
                     procs[lane] = p = subprocess.Popen(
-                        [sys.executable, "-c", f"from seedx_lab.train import _lane_main; _lane_main({lane!r})"],
+                        [sys.executable, "-c", f"from seedx_lab.training.trainer import _lane_main; _lane_main({lane!r})"],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
                     p.stdin.write(spec)
                     p.stdin.close()

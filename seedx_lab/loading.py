@@ -1,0 +1,89 @@
+"""Find and load a saved model: seedx-tiny and other seedx-lab folders, or the published SEED-X layout.
+
+Kept apart from :mod:`seedx_lab.model` so that the model class does not import the published-layout
+loaders (which build a :class:`~seedx_lab.model.SeedX` themselves).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import tokens as T
+from .model import SeedX, SeedXConfig
+
+DATA_DIR = Path(os.environ.get("SEEDX_LAB_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+def resolve(name_or_path) -> Path:
+    """``"seedx-tiny"`` -> ``data/seedx-tiny``; a path is returned as it is (after an existence check)."""
+    p = Path(name_or_path)
+    if not p.exists() and (DATA_DIR / str(name_or_path)).exists():
+        p = DATA_DIR / str(name_or_path)
+    if not p.exists():
+        raise FileNotFoundError(f"no model named or found at {name_or_path!r} (looked in {DATA_DIR})")
+    return p
+
+
+def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) -> SeedX:
+    """Load a saved SeedX (seedx-tiny by default) onto ``device`` in ``dtype``.
+
+    A folder in the published SEED-X layout (``pretrained/`` with ``seed_x/agent/pytorch_model.bin`` …),
+    or the names ``"seed-x"`` / ``"seed-x-i"`` (files under ``$SEEDX_ROOT``), go to
+    :func:`seedx_lab.checkpoints.load_published`; ``device_map`` (e.g. ``"auto"``) applies to those only.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .published import checkpoints
+
+    variant = checkpoints.variant_for_name(name_or_path)
+    if variant is not None or checkpoints.is_published_layout(name_or_path):
+        return checkpoints.load_published(None if variant else name_or_path, device=device, dtype=dtype,
+                                          device_map=device_map, variant=variant)
+    if device_map is not None:
+        raise ValueError("device_map applies to published SEED-X checkpoints only; "
+                         f"{name_or_path!r} is a seedx-lab model (use device=)")
+    d = resolve(name_or_path)
+    if not d.is_dir():
+        raise ValueError(f"{d} is a file; a seedx-lab model is a folder with config.json, model.safetensors "
+                         "and tokenizer.json")
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d} has no {f}")
+    cfg_file = d / "config.json"
+    try:
+        cfg = SeedXConfig.from_dict(json.loads(cfg_file.read_text()), strict=True)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
+    tok = T.load_tokenizer(d)
+    try:
+        model = SeedX(cfg, tok)   # tiny: a real init is cheap and keeps non-persistent buffers right
+    except ValueError as e:       # e.g. a tokenizer larger than llm.vocab_size
+        raise ValueError(f"{d / 'tokenizer.json'} does not fit {cfg_file}: {e}") from None
+    try:
+        state = load_file(str(d / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{d / 'model.safetensors'} could not be read (truncated or corrupt?): {e}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{d / 'model.safetensors'}: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+                         f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f"{d / 'model.safetensors'}: shape mismatch for " + "; ".join(bad[:5]))
+    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+           if state[k].is_floating_point() != v.is_floating_point() or (state[k].dtype == torch.bool) != (v.dtype == torch.bool)]
+    if bad:
+        raise ValueError(f"{d / 'model.safetensors'}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
+    model.load_state_dict(state)
+    model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""The synthetic shape world: scenes and their texts (``world``), a pixel-only judge, held-out evaluation."""
