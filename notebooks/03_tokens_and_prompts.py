@@ -40,7 +40,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 import seedx_lab
-from seedx_lab import lvlm
+from seedx_lab import sequences
 from seedx_lab import tokens as T
 from seedx_lab import world as W
 from seedx_lab.generation import AutoImageTokenGenerationProcessor, blocked_token_ids
@@ -242,7 +242,7 @@ for i, (t_id, lab) in enumerate(zip(cap_ids, cap_labels)):
     print(f"{i:3d}  {tok.convert_ids_to_tokens(t_id):12s} id {t_id:3d}   label {lab}")
 
 # %% [markdown]
-# The same rule, checked rather than read, and compared with `lvlm.make_labels`, which derives labels
+# The same rule, checked rather than read, and compared with `sequences.make_labels`, which derives labels
 # from the ids and a flag per image block (True = generated). Position 0 (`<s>`) is never a prediction
 # target (the loss shifts by one), so the comparison starts at position 1.
 
@@ -252,7 +252,7 @@ lab = torch.tensor(cap_labels)
 assert lab[blk.start] == ids_of.boi == cap_ids[blk.start]
 assert (lab[blk.token_start: blk.end] == -100).all()                  # 64 image tokens and </img>
 assert (lab[1: blk.start] == torch.tensor(cap_ids[1: blk.start])).all()   # the caption text
-derived = lvlm.make_labels(torch.tensor([cap_ids]), ids_of, gen_blocks=[[True]])[0]
+derived = sequences.make_labels(torch.tensor([cap_ids]), ids_of, gen_blocks=[[True]])[0]
 assert torch.equal(derived[1:], lab[1:])
 print(f"<img> at position {blk.start} carries the label {ids_of.boi} (its own id); all {blk.n_tokens} image "
       "tokens and </img> carry -100: the model is trained to predict <img>, never the image tokens")
