@@ -71,6 +71,7 @@ from ..detokenizer import Detokenizer, DetokenizerConfig
 from ..lvlm import ContinuousLVLM, LLMConfig, pool_targets
 from ..model import SeedX, SeedXConfig
 from ..resampler import Resampler, ResamplerConfig
+from ..validate import no_code_folder
 from ..vit import ViTConfig, VisionTransformer
 
 __all__ = [
@@ -422,8 +423,9 @@ def load_published_tokenizer(path, vocab_size: int | None = None):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {path}")
+    no_code_folder(path)                        # auto_map / .py: refused before transformers could ask to run it
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise ValueError(f"could not read the tokenizer in {path}: {e} "
                          "(a LLaMA tokenizer.model without tokenizer.json needs `pip install sentencepiece protobuf`)") from e

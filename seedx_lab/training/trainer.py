@@ -136,10 +136,14 @@ class Trainer:
                           scaling_factor=float(self.model.detok.vae.config.scaling_factor)), self.state_path)
 
     def _read_state(self, path: Path) -> dict:
+        # weights_only: a state holds tensors, numbers, strings, lists and dicts only (the config as a dict),
+        # so nothing in a work folder can run code when it is read
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:  # a torn write cannot happen (atomic), but a foreign file can
-            raise ValueError(f"cannot resume from {path}: {e}; run with --fresh") from None
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # a torn write cannot happen (atomic), but a foreign or crafted file can
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot resume from {path}: not a plain training state ({first}); "
+                             "run with --fresh") from None
         missing = [k for k in ("model", "scaling_factor", "done", "stage", "step", "opt") if k not in st] \
             if isinstance(st, dict) else ["model"]
         if missing:
