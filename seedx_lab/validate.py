@@ -126,12 +126,17 @@ def device(name: str, value):
     return dev
 
 
+def path_like(name: str, value) -> Path:
+    """A non-empty ``str`` or ``os.PathLike`` (nothing about the file system is checked)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {_show(value)}")
+    return Path(text(name, os.fspath(value)))
+
+
 def regular_file(name: str, path) -> Path:
     """An existing regular file; folders, FIFOs, sockets and devices are refused before anything is read
     (reading a FIFO would block forever)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path (str or os.PathLike), got {_show(path)}")
-    p = Path(path)
+    p = path_like(name, path)
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
@@ -173,9 +178,7 @@ def byte_limit(name: str, value):
 
 def output_folder(name: str, path) -> Path:
     """A folder that can be written: not an existing file, and it or its nearest existing parent writable."""
-    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
-        raise TypeError(f"{name} must be a folder path, got {_show(path)}")
-    p = Path(path)
+    p = path_like(name, path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{name}: {p} is a file, not a folder")
     probe = p
