@@ -695,10 +695,30 @@ def write_published_layout(model: SeedX, root, variant: str = "seed_x") -> Publi
     de-tokenizer (``resampler.*`` + ``unet.*``) ``.bin`` and the ViT ``.pt`` via ``torch.save``; UNet, VAE
     and scheduler as diffusers folders; the tokenizer folder; and ``seedx_lab.json`` with the configs no
     weight file records. Returns the paths.
+
+    Atomic per layout: everything is written into a temporary folder inside ``root`` first; only when all of
+    it is complete are its top-level entries swapped in for the old ones (a few renames). A failure while
+    writing leaves a layout already in ``root`` as it was (no new LLM beside old parts), and no temporary.
     """
+    import shutil
+    import tempfile
+
+    from ..validate import output_folder
+
     if variant not in VARIANTS:
         raise ValueError(f"unknown SEED-X variant {variant!r}; expected one of {VARIANTS}")
-    root = Path(root)
+    root = output_folder("to_published", root)
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".seedx-convert-", suffix=".tmp", dir=root))
+    try:
+        _write_layout(model, stage, variant)
+        _swap_in(stage, root)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return PublishedPaths.from_root(root, variant, env={})
+
+
+def _write_layout(model: SeedX, root: Path, variant: str) -> None:
     paths = PublishedPaths.from_root(root, variant, env={})
     for d in (paths.llm, paths.agent.parent, paths.vit.parent, paths.detok.parent, paths.sdxl, paths.tokenizer):
         d.mkdir(parents=True, exist_ok=True)
@@ -713,7 +733,35 @@ def write_published_layout(model: SeedX, root, variant: str = "seed_x") -> Publi
     detok.scheduler.save_pretrained(paths.sdxl / "scheduler")
     model.tokenizer.save_pretrained(paths.tokenizer)
     (root / CONFIG_FILE).write_text(json.dumps(PublishedConfigs.from_model(model).to_dict(), indent=2))
-    return paths
+
+
+def _swap_in(stage: Path, root: Path) -> None:
+    """Move each top-level entry of ``stage`` into ``root``, replacing the old one; on a failure part-way,
+    every entry already swapped is put back."""
+    import shutil
+    import tempfile
+
+    old = Path(tempfile.mkdtemp(prefix=".seedx-old-", suffix=".tmp", dir=root))
+    moved: list[tuple[Path, Path | None]] = []                # (new entry in root, old one parked in ``old``)
+    try:
+        for entry in sorted(stage.iterdir()):
+            target, parked = root / entry.name, None
+            if target.exists() or target.is_symlink():
+                parked = old / entry.name
+                os.replace(target, parked)
+            moved.append((target, parked))
+            os.replace(entry, target)
+    except BaseException:
+        for target, parked in reversed(moved):
+            if target.is_dir() and not target.is_symlink():          # the new entry, if it got there
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if parked is not None and parked.exists():
+                os.replace(parked, target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- helpers for the real model
