@@ -16,12 +16,18 @@ import math
 import numbers
 import os
 import stat
+from dataclasses import fields
 from pathlib import Path
 
 SEED_MAX = 2 ** 64 - 1                 # torch.Generator.manual_seed takes 64-bit seeds
 MAX_TILE_BASE = 4096                   # tile side in pixels (448 published, 64 seedx-tiny)
-MAX_TILE_PIXELS = 64 * 1024 * 1024     # pixels of the resized image that is cut into tiles (8 tiles of 2896^2)
+MAX_TILE_PIXELS = 16 * 1024 * 1024     # pixels of the resized image cut into tiles (4 tiles of 2048^2; 448: 0.8 M)
 MAX_GUIDANCE = 100.0                   # classifier-free guidance scales beyond this only saturate the image
+
+
+class BadType(TypeError, ValueError):
+    """A value of the wrong kind. Both a ``TypeError`` and a ``ValueError``, so code that caught the
+    ``ValueError`` these checks raised before keeps working."""
 
 
 def _show(value) -> str:
@@ -39,10 +45,11 @@ def integer(name: str, value, low: int | None = None, high: int | None = None, a
     """An int (numpy ints too; not a bool, float or str) in ``[low, high]``."""
     if value is None and allow_none:
         return None
-    span = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-    what = f"an int in {span}" + (" or None" if allow_none else "")
+    span = "" if low is None and high is None else \
+        f" >= {low}" if high is None else f" in [{'-inf' if low is None else low}, {high}]"
+    what = f"an int{span}" + (" or None" if allow_none else "")
     if not _is_int(value):
-        raise TypeError(f"{name} must be {what}, got {_show(value)}")
+        raise BadType(f"{name} must be {what}, got {_show(value)}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name} must be {what}, got {value}")
@@ -63,7 +70,7 @@ def number(name: str, value, low: float | None = None, high: float | None = None
     hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     what = f"a finite number in {lo}, {hi}" + (" or None" if allow_none else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {what}, got {_show(value)}")
+        raise BadType(f"{name} must be {what}, got {_show(value)}")
     value = float(value)
     if not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low))) \
             or (high is not None and (value > high or (high_open and value == high))):
@@ -76,7 +83,7 @@ def seed(name: str, value, allow_none: bool = True):
     if value is None and allow_none:
         return None
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int in [0, 2**64 - 1]{' or None' if allow_none else ''}, got {_show(value)}")
+        raise BadType(f"{name} must be an int in [0, 2**64 - 1]{' or None' if allow_none else ''}, got {_show(value)}")
     if not 0 <= int(value) <= SEED_MAX:
         raise ValueError(f"{name} must be an int in [0, 2**64 - 1], got {int(value)}")
     return int(value)
@@ -85,7 +92,7 @@ def seed(name: str, value, allow_none: bool = True):
 def text(name: str, value, allow_empty: bool = False) -> str:
     """A ``str`` that encodes as UTF-8 (no lone surrogates), not blank unless allowed."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {_show(value)}")
+        raise BadType(f"{name} must be a string, got {_show(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -110,7 +117,7 @@ def device(name: str, value):
     if value is None:
         return torch.device("cpu")
     if not isinstance(value, (str, torch.device)):
-        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', got {_show(value)}")
+        raise BadType(f"{name} must be a device name such as 'cpu' or 'cuda', got {_show(value)}")
     try:
         dev = torch.device(value)
     except (RuntimeError, ValueError) as e:
@@ -129,7 +136,7 @@ def device(name: str, value):
 def path_like(name: str, value) -> Path:
     """A non-empty ``str`` or ``os.PathLike`` (nothing about the file system is checked)."""
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {_show(value)}")
+        raise BadType(f"{name} must be a non-empty path (str or os.PathLike), got {_show(value)}")
     return Path(text(name, os.fspath(value)))
 
 
@@ -149,6 +156,37 @@ def regular_file(name: str, path) -> Path:
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise ValueError(f"{name}: {p} is {kind}, not a regular file")
     return p
+
+
+def flag(name: str, value) -> bool:
+    """A real ``bool`` (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise BadType(f"{name} must be True or False, got {_show(value)}")
+    return value
+
+
+def config_types(cls, data: dict, where: str = "") -> None:
+    """Check each value of ``data`` against the annotation of its field in the dataclass ``cls``
+    (``int``, ``float``, ``bool``, ``str``, ``dict``, each maybe ``| None``); ``where`` prefixes the names
+    (``"llm."``). A number must be finite; other annotations are left to the class."""
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        kind, value, name = str(f.type), data[f.name], where + f.name
+        optional = kind.endswith(" | None")
+        kind = kind.removesuffix(" | None")
+        if value is None and optional:
+            continue
+        if kind == "int":
+            integer(name, value)
+        elif kind == "float":
+            number(name, value)
+        elif kind == "bool":
+            flag(name, value)
+        elif kind == "str":
+            text(name, value, allow_empty=True)
+        elif kind == "dict" and not isinstance(value, dict):
+            raise BadType(f"{name} must be an object (dict), got {_show(value)}")
 
 
 def tile_base(name: str, value) -> int:
