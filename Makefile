@@ -29,8 +29,10 @@ browser:
 
 # extra options for JupyterLab, e.g. `make lab LAB_ARGS="--no-browser --port 8899"`
 LAB_ARGS ?=
+# allow_root only when actually running as root (e.g. in a container); a normal user never needs it
+ROOT_ARGS := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.allow_root=True $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 test: $(STAMP) browser
 	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider

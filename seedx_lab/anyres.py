@@ -26,6 +26,7 @@ from PIL import Image
 PINPOINTS: tuple[str, ...] = ("1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2")
 BASE_RESOLUTION = 448          # published tile size; seedx-tiny uses 64
 
+from . import validate as V
 from .images import to_pil_rgb, to_tensor
 
 
@@ -143,9 +144,11 @@ def tile_image(image, base: int = BASE_RESOLUTION, pinpoints=PINPOINTS, keep_rat
 
     ``keep_ratio=True`` pads instead of stretching (black borders, as the published option).
     """
+    base = V.tile_base("base", base)
     im = to_pil_rgb(image)
     decision = choose_resolution(im.size, base, pinpoints)
     W, H = decision.chosen
+    V.tile_grid("tile_image", W, H)          # before the resized canvas is allocated
     if keep_ratio:
         s = min(W / im.width, H / im.height)
         nw, nh = min(W, max(1, round(im.width * s))), min(H, max(1, round(im.height * s)))

@@ -1,8 +1,38 @@
-"""The ``seedx-lab`` command line. ``seedx-lab --help`` lists the sub-commands."""
+"""The ``seedx-lab`` command line. ``seedx-lab --help`` lists the sub-commands.
+
+Errors: a user mistake or an OS error (``ValueError``, ``TypeError``, ``OSError`` — a missing or unreadable
+file, a full disk) is one line on stderr and exit status 2; anything else is an internal error, one line
+and exit status 1, with the traceback under ``--debug`` (accepted anywhere on the line). Every sub-command
+gets this from :func:`main`: a new one only registers its ``func`` in :func:`build_parser`.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+
+from . import validate as V
+
+USER_ERRORS = (ValueError, TypeError, OSError)      # OSError covers FileNotFoundError, PermissionError, ENOSPC
+
+
+def _int_arg(check, *bounds):
+    """An argparse ``type`` that parses an int and applies a :mod:`seedx_lab.validate` check."""
+    def parse(text: str):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        try:
+            return check("value", value, *bounds)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value ")) from None
+    return parse
+
+
+POSITIVE = _int_arg(V.positive_int)
+THREADS = _int_arg(V.positive_int, 4096)
+SEED = _int_arg(V.seed)
+TILE_BASE = _int_arg(V.tile_base)
 
 
 def _cmd_tile(args) -> int:
@@ -33,7 +63,7 @@ def _device_kwargs(args):
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    return dict(device=args.device, dtype=dtype)
+    return dict(device=V.device("--device", args.device), dtype=dtype)
 
 
 def _cmd_train(args) -> int:
@@ -89,15 +119,18 @@ def _add_model_args(p, steps: bool = False):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if steps:
-        p.add_argument("--steps", type=int, default=None, help="de-tokenizer sampling steps")
+        p.add_argument("--steps", type=POSITIVE, default=None, help="de-tokenizer sampling steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seedx-lab", description=__doc__)
+    p = argparse.ArgumentParser(prog="seedx-lab", description=__doc__.split("\n\n")[0],
+                                epilog="errors: exit 2 for a user or OS error, 1 for an internal one")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tile", help="show the any-resolution decision for an image")
     t.add_argument("image")
-    t.add_argument("--base", type=int, default=448, help="tile size in pixels (448 as published)")
+    t.add_argument("--base", type=TILE_BASE, default=448,
+                   help=f"tile size in pixels (448 as published; at most {V.MAX_TILE_BASE})")
     t.add_argument("--keep-ratio", action="store_true", help="pad instead of stretching")
     t.set_defaults(func=_cmd_tile)
     c = sub.add_parser("convert", help="write a model in the published SEED-X file layout")
@@ -109,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quick", action="store_true", help="a few-minute run (for the training notebook)")
     tr.add_argument("--out", help="checkpoint folder (default data/seedx-tiny; quick: runs/seedx-quick/model)")
     tr.add_argument("--work", help="folder for the resumable state and the loss log")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=SEED, default=0)
     tr.add_argument("--device", default="cpu")
-    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--threads", type=THREADS, default=None, help="torch threads (a positive int)")
     tr.add_argument("--sequential", action="store_true",
                     help="stages b and c one after the other in this process (default on a CPU: side by side in "
                          "two processes of half the threads each)")
@@ -120,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
     ev = sub.add_parser("eval", help="held-out evaluation: caption_acc, image_acc, boi_f1, false_boi")
     _add_model_args(ev, steps=True)
-    ev.add_argument("-n", type=int, default=200, help="samples per task")
+    ev.add_argument("-n", type=POSITIVE, default=200, help="samples per task")
     ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_cmd_eval)
     ge = sub.add_parser("generate", help="caption -> image")
     ge.add_argument("caption")
     ge.add_argument("--out", default="seedx.png")
-    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--seed", type=SEED, default=0)
     _add_model_args(ge, steps=True)
     ge.set_defaults(func=_cmd_generate)
     de = sub.add_parser("describe", help="image -> text")
@@ -138,13 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return text or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"seedx-lab {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"seedx-lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"seedx-lab {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:            # a bug, not the user's doing: say so, and how to see where
+        if debug:
+            raise
+        print(f"seedx-lab {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

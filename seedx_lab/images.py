@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .validate import regular_file
+
 # CLIP / OpenAI image statistics, used by Qwen-VL and SEED-X's image transform.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,6 +68,7 @@ def to_pil_rgb(image) -> Image.Image:
             raise FileNotFoundError(f"image file not found: {path}")
         if path.is_dir():
             raise ValueError(f"{path} is a folder, not an image file")
+        regular_file("image", path)            # a FIFO or a device would block or never end: refused unread
         try:
             with Image.open(path) as im:
                 n_frames = getattr(im, "n_frames", 1)

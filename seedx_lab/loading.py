@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import tokens as T
+from . import validate as V
 from .model import SeedX, SeedXConfig
 
 DATA_DIR = Path(os.environ.get("SEEDX_LAB_DATA", Path(__file__).resolve().parent.parent / "data"))
@@ -39,6 +40,12 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
 
     from .published import checkpoints
 
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise V.BadType(f"name_or_path must be a model name or a folder path, got {V._show(name_or_path)}")
+    if device is not None:
+        device = V.device("device", device)     # "cuda" without a GPU: said here, not as an AssertionError
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise V.BadType(f"dtype must be a torch.dtype such as torch.float32, got {V._show(dtype)}")
     variant = checkpoints.variant_for_name(name_or_path)
     if variant is not None or checkpoints.is_published_layout(name_or_path):
         return checkpoints.load_published(None if variant else name_or_path, device=device, dtype=dtype,
@@ -83,6 +90,10 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
            if state[k].is_floating_point() != v.is_floating_point() or (state[k].dtype == torch.bool) != (v.dtype == torch.bool)]
     if bad:
         raise ValueError(f"{d / 'model.safetensors'}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:                        # NaN weights would make every output empty or black, silently
+        raise ValueError(f"{d / 'model.safetensors'}: NaN or infinite values in {len(bad)} tensor(s): "
+                         + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
     model.load_state_dict(state)
     model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import tokens as T
+from . import validate as V
 from .files import stage_file
 from .anyres import tile_image
 from .detokenizer import Detokenizer, DetokenizerConfig
@@ -86,6 +87,19 @@ class SeedXConfig:
                 missing += [f"{key}.{f.name}" for f in fields(sub) if f.name not in d[key]]
             if missing:
                 raise ValueError(f"config is missing the field(s) {', '.join(missing)}")
+        V.config_types(cls, d)                  # "hidden_size": "64" is named here, not deep in torch
+        for key, sub in (("vit", ViTConfig), ("llm", LLMConfig), ("detok", DetokenizerConfig)):
+            V.config_types(sub, d[key], where=key + ".")
+        if "tile_size" in d:
+            V.tile_base("tile_size", d["tile_size"])
+        if "target_pool" in d:
+            V.choice("target_pool", d["target_pool"], ("1d", "2d"))
+        timesteps = d["detok"].get("scheduler", {}).get("num_train_timesteps", 1000)
+        for where, sub in (("", d), ("detok.", d["detok"])):
+            if "num_inference_steps" in sub:
+                V.positive_int(where + "num_inference_steps", sub["num_inference_steps"], high=timesteps)
+            if "guidance_scale" in sub:
+                V.guidance(where + "guidance_scale", sub["guidance_scale"], allow_none=False)
         try:
             vit, llm, detok = ViTConfig(**d.pop("vit")), LLMConfig(**d.pop("llm")), DetokenizerConfig.from_dict(d.pop("detok"))
             return cls(vit=vit, llm=llm, detok=detok, **d)
@@ -198,8 +212,12 @@ class SeedX(nn.Module):
         read as a token and break the block. The instruction markers ``[INST]``/``[/INST]`` are allowed.
         ``max_new_tokens`` is always 65 (64 image tokens and ``</img>``), enough by construction; a caption
         too long for the model's context leaves no room for them and is refused (``ValueError`` with both
-        numbers)."""
+        numbers). ``num_inference_steps``, ``guidance_scale`` and ``seed`` are checked as in :meth:`draw`,
+        sampling settings in ``generate_kwargs`` (``temperature`` > 0, ``top_p`` in (0, 1]) too, all before
+        the LLM runs."""
         caption = self._check_user_text(caption, "caption")
+        steps, guidance, seed = self._check_drawing(num_inference_steps, guidance_scale, seed)
+        _check_decoding(processor_mode, generate_kwargs)
         prompt = T.generation_prompt(caption)
         ids = torch.tensor([self.encode_ids(prompt)], device=self.device)
         ctx, need = self.config.llm.max_position_embeddings, self.lvlm.num_img_tokens + 1
@@ -213,7 +231,7 @@ class SeedX(nn.Module):
         if not out.images[0]:
             raise RuntimeError("the image block did not complete")     # cannot happen with a forcing processor
         feats = out.images[0][0].features
-        image = self.draw(feats, num_inference_steps, guidance_scale, seed)
+        image = self._draw(feats, steps, guidance, seed)
         return ImageResult(image, prompt, out, feats)
 
     @torch.no_grad()
@@ -221,22 +239,33 @@ class SeedX(nn.Module):
              seed: int | None = 0, callback=None):
         """De-tokenize ``[64, vit_dim]`` (or ``[B, 64, vit_dim]``) features into PIL image(s).
 
-        ``num_inference_steps``: a positive int, or None for the config's."""
+        ``num_inference_steps``: an int in [1, the scheduler's ``num_train_timesteps``], or None for the
+        config's. ``guidance_scale``: a finite number in [0, 100], or None for the config's; as in diffusers,
+        a scale <= 1 switches classifier-free guidance off (the conditional prediction alone), above 1 it
+        extrapolates away from the unconditional one. ``seed``: an int in [0, 2**64 - 1], or None for
+        fresh randomness."""
+        steps, guidance, seed = self._check_drawing(num_inference_steps, guidance_scale, seed)
         want = self.detok.config.embedding_dim
         if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3) or features.shape[-1] != want \
                 or features.shape[-2] < 1:
             got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"draw needs features [tokens, {want}] or [batch, tokens, {want}] "
                              f"(the output resampler's), got {got}")
-        if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
-                                                or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-            raise ValueError(f"num_inference_steps must be a positive int or None, got {num_inference_steps!r}")
+        return self._draw(features, steps, guidance, seed, callback)
+
+    def _check_drawing(self, num_inference_steps, guidance_scale, seed):
+        """The de-tokenizer's settings, checked (None: the config's steps and guidance, a fresh seed)."""
+        T_train = int(self.detok.scheduler.config.num_train_timesteps)
+        steps = V.positive_int("num_inference_steps", num_inference_steps, high=T_train, allow_none=True)
+        guidance = V.guidance("guidance_scale", guidance_scale)
+        return (steps or self.config.num_inference_steps,
+                self.config.guidance_scale if guidance is None else guidance, V.seed("seed", seed))
+
+    def _draw(self, features, steps: int, guidance: float, seed: int | None, callback=None):
         batched = features.dim() == 3
         g = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        imgs = self.detok.sample(features if batched else features[None],
-                                 num_inference_steps=num_inference_steps or self.config.num_inference_steps,
-                                 guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                                 generator=g, callback=callback)
+        imgs = self.detok.sample(features if batched else features[None], num_inference_steps=steps,
+                                 guidance_scale=guidance, generator=g, callback=callback)
         return imgs if batched else imgs[0]
 
     @torch.no_grad()
@@ -279,7 +308,9 @@ class SeedX(nn.Module):
         ``images``: optional input images, each shown to the model (tiles + global view) before the text:
         a list of anything :func:`seedx_lab.anyres.to_pil_rgb` takes, or one such image (a path, a PIL
         image, or an array / tensor of at most 3 dims; a 4-D array or tensor is a list of CHW/HWC images).
-        At most ``max_images`` images are drawn; generation stops after that many blocks.
+        At most ``max_images`` images are drawn (an int >= 0; 0: text only, ``<img>`` is never started, and a
+        prompt ending in ``<img>`` is refused); generation stops after that many blocks. Image ``k`` is
+        drawn with seed ``seed + k`` (mod 2**64).
 
         ``prompt`` is plain text (the ``[INST]``/``[/INST]`` markers are allowed) and may end in ``<img>``:
         the model then draws an image at once (``max_new_tokens`` must then be at least 65 to finish it).
@@ -292,7 +323,13 @@ class SeedX(nn.Module):
         """
         images = _as_image_list(images)
         prompt = self._check_user_text(prompt, "prompt", allow_empty=bool(images), allow_trailing_boi=True)
+        max_images = V.integer("max_images", max_images, 0, 1_000_000)
+        steps, guidance, seed = self._check_drawing(num_inference_steps, None, seed)
+        _check_decoding(processor_mode, generate_kwargs)
         if prompt.rstrip().endswith(T.BOI_TOKEN):
+            if max_images == 0:
+                raise ValueError(f"the prompt ends in {T.BOI_TOKEN}, which starts an image, but max_images=0 "
+                                 "allows none: remove the trailing <img> or allow at least one image")
             prompt = prompt.rstrip()
             need = self.lvlm.num_img_tokens + 1
             if isinstance(max_new_tokens, int) and max_new_tokens < need:
@@ -321,7 +358,8 @@ class SeedX(nn.Module):
             a, b = img.block.start - out.prompt_length, img.block.end - out.prompt_length
             if self.decode(new[start:a]):
                 segments.append(self.decode(new[start:a]))
-            pic = self.draw(img.features, num_inference_steps, seed=None if seed is None else seed + len(images_out))
+            pic = self._draw(img.features, steps, guidance,
+                             None if seed is None else (seed + len(images_out)) % (V.SEED_MAX + 1))
             segments.append(pic)
             images_out.append(pic)
             start = b
@@ -380,8 +418,16 @@ def _as_image_list(images) -> list:
 
 
 def _check_text(text, what: str, allow_empty: bool = False) -> str:
-    if not isinstance(text, str):
-        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
-    if not allow_empty and not text.strip():
-        raise ValueError(f"{what} is empty")
-    return text
+    return V.text(what, text, allow_empty=allow_empty)
+
+
+def _check_decoding(processor_mode, kwargs: dict) -> None:
+    """The LLM's decoding settings of ``generate_image`` / ``generate`` (``do_sample``, ``temperature``,
+    ``top_p``, ``max_new_tokens`` elsewhere), checked before any work."""
+    V.choice("processor_mode", processor_mode, ("faithful", "strict"))
+    if "do_sample" in kwargs:
+        V.flag("do_sample", kwargs["do_sample"])
+    if "temperature" in kwargs:
+        V.number("temperature", kwargs["temperature"], 0.0, 100.0, low_open=True)
+    if "top_p" in kwargs:
+        V.number("top_p", kwargs["top_p"], 0.0, 1.0, low_open=True)

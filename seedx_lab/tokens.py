@@ -248,11 +248,14 @@ def load_tokenizer(directory: str | os.PathLike):
     """Load a tokenizer saved by :func:`save_tokenizer` (offline) and check its SEED-X tokens."""
     from transformers import PreTrainedTokenizerFast
 
+    from .validate import no_code_folder
+
     directory = Path(directory)
     if not (directory / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {directory}")
+    no_code_folder(directory)                   # never run (or be asked to run) code shipped in the folder
     try:
-        tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+        tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (json.JSONDecodeError, Exception) as e:  # a corrupt file surfaces from deep inside tokenizers
         raise ValueError(f"could not read the tokenizer in {directory}: {e}") from e
     try:

@@ -6,6 +6,7 @@ about exactly that thing.
 """
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -351,3 +352,51 @@ def test_a_corrupt_training_state_is_refused_by_name(tmp_path, monkeypatch):
         Trainer(cfg, progress=False)
     Trainer(cfg, fresh=True, progress=False)               # --fresh starts over
     assert not (tmp_path / "state.pt").exists()
+
+
+# --------------------------------------------------------------------------- convert is atomic
+
+def tree(d):
+    """Every file under ``d`` (hidden temporaries too) with its bytes."""
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["writing", "swapping"])
+def test_an_interrupted_convert_leaves_the_old_layout_whole(model, tmp_path, monkeypatch, where):
+    """A failure while the new layout is written (a full disk at its second weight file, after the new LLM)
+    or while it is swapped in leaves the old layout byte for byte, and no temporary folder."""
+    from seedx_lab.published import checkpoints as C
+
+    root = tmp_path / "pretrained"
+    C.write_published_layout(model, root)
+    before = tree(root)
+    other = build_model(1).eval()
+    if where == "writing":
+        real, calls = C.torch.save, []
+
+        def save(obj, path, *a, **k):
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device", str(path))
+            return real(obj, path, *a, **k)
+        monkeypatch.setattr(C.torch, "save", save)
+    else:
+        real, calls, failed = C.os.replace, [], []
+
+        def replace(a, b, *x, **k):                 # park the third old entry, after two were swapped in
+            calls.append(b)
+            if Path(b).parent.name.startswith(".seedx-old-") and sum(Path(c).parent == root for c in calls) >= 2 \
+                    and not failed:
+                failed.append(b)
+                raise OSError(5, "Input/output error", str(b))
+            return real(a, b, *x, **k)
+        monkeypatch.setattr(C.os, "replace", replace)
+    with pytest.raises(OSError):
+        C.write_published_layout(other, root)
+    monkeypatch.undo()
+    assert tree(root) == before and calls
+    if where == "swapping":                          # it failed parking an old entry, after two were swapped
+        assert failed and sum(Path(c).parent == root for c in calls) >= 4      # ... and those two were put back
+    C.write_published_layout(other, root)            # without a failure the new layout replaces it
+    after = tree(root)
+    assert after.keys() == before.keys() and after["seed_x/agent/pytorch_model.bin"] != before["seed_x/agent/pytorch_model.bin"]

@@ -198,7 +198,9 @@ def test_a_run_that_outgrows_the_limit_stops_within_it(model, reference):
 
 @pytest.mark.parametrize("kwargs, err, msg", [
     (dict(capture=["llm.layerz.*"]), ValueError, r"llm\.layerz"),
-    (dict(max_bytes=-1), ValueError, "max_bytes must be >= 0"),
+    (dict(max_bytes=-1), ValueError, r"max_bytes must be a finite number in \(0, inf\) or None, got -1"),
+    (dict(max_bytes=float("nan")), ValueError, r"max_bytes must be a finite number .*got nan"),
+    (dict(max_bytes="1e6"), TypeError, r"max_bytes must be a finite number .*got '1e6' \(str\)"),
     (dict(expect=dict(seq_len=5, frames=2)), ValueError, r"unknown key\(s\) \['frames'\]"),
     (dict(dtype=torch.int8), ValueError, "dtype must be a floating torch.dtype"),
 ])

@@ -273,8 +273,10 @@ class Trace:
         self.to_cpu, self.dtype = bool(to_cpu), dtype
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
-        if max_bytes is not None and max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        from ..validate import byte_limit
+
+        # a positive finite number or None: NaN would switch the limit off silently (every comparison False)
+        byte_limit("max_bytes", max_bytes)
         self.max_bytes = max_bytes
         self.expect = dict(expect) if expect is not None else None
         if self.expect is not None:

@@ -702,6 +702,22 @@ def _last_run(t, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _check_model(model, where: str) -> None:
+    """``model`` must be a :class:`~seedx_lab.model.SeedX` (what ``seedx_lab.load`` returns)."""
+    from ..model import SeedX
+    from ..validate import BadType, _show
+
+    if not isinstance(model, SeedX):
+        raise BadType(f"{where}: model must be a seedx_lab SeedX (e.g. seedx_lab.load('seedx-tiny')), "
+                      f"got {_show(model)}")
+
+
+def _check_decoding(processor_mode, kwargs) -> None:
+    from ..model import _check_decoding as check
+
+    check(processor_mode, kwargs)
+
+
 def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 40, *, caption: str | None = None,
                    trace=None, tokenizer=None, processor_mode: str = "faithful", **generate_kwargs) -> TokenTimeline:
     """Colour-coded tokens of one generation and the processor's decision at every step.
@@ -720,13 +736,15 @@ def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 
     if trace is None:
         if model is None:
             raise ValueError("give a model and a prompt (or caption=), or a finished trace=")
+        _check_model(model, "token_timeline")
         if caption is not None:
             if prompt is not None:
                 raise ValueError("give either prompt or caption, not both")
-            prompt = T.generation_prompt(caption)
+            prompt = T.generation_prompt(model._check_user_text(caption, "caption"))    # SeedX's own checks
             max_new_tokens = model.lvlm.num_img_tokens + 1
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
+        else:
+            prompt = model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
+        _check_decoding(processor_mode, generate_kwargs)
         ids = torch.tensor([model.encode_ids(prompt)], device=model.device)
         with make_trace(model, capture=["processor.decisions"]) as t:
             out = model.lvlm.generate(ids, max_new_tokens=max_new_tokens, processor_mode=processor_mode,
@@ -929,7 +947,16 @@ def _wrap(text: str, width: int) -> str:
 def boi_explorer(model, prompt: str, max_new_tokens: int = 60, max_images: int = 2,
                  num_inference_steps: int | None = None, seed: int | None = 0) -> BoiExplorer:
     """Edit a prompt and see where the model wants ``<img>`` (:func:`seedx_lab.probes.boi_trace`); toggle the
-    blocking mode and press Generate to run ``model.generate(prompt, processor_mode=...)``."""
+    blocking mode and press Generate to run ``model.generate(prompt, processor_mode=...)``.
+
+    Its values are checked as :meth:`SeedX.generate` checks them, before anything runs."""
+    from .. import validate as V
+
+    _check_model(model, "boi_explorer")
+    prompt = model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
+    V.positive_int("max_new_tokens", max_new_tokens)
+    V.integer("max_images", max_images, 0, 1_000_000)
+    model._check_drawing(num_inference_steps, None, seed)
     return BoiExplorer(model, prompt, max_new_tokens, max_images, num_inference_steps, seed)
 
 

@@ -65,12 +65,14 @@ from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from .. import tokens as T
 from ..detokenizer import Detokenizer, DetokenizerConfig
 from ..lvlm import ContinuousLVLM, LLMConfig, pool_targets
 from ..model import SeedX, SeedXConfig
 from ..resampler import Resampler, ResamplerConfig
+from ..validate import no_code_folder
 from ..vit import ViTConfig, VisionTransformer
 
 __all__ = [
@@ -284,15 +286,26 @@ class PublishedConfigs:
         return asdict(self)
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; anything else is a ``ValueError`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _diffusers_config(path: Path, cls) -> dict:
     """A diffusers ``config.json`` reduced to the arguments ``cls.__init__`` takes."""
-    data = json.loads(path.read_text())
+    data = _read_json(path)
     params = inspect.signature(cls.__init__).parameters
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in params}
 
 
 def _llm_config(llm_dir: Path) -> LLMConfig:
-    data = json.loads((llm_dir / "config.json").read_text())
+    data = _read_json(llm_dir / "config.json")
     rope = data.get("rope_theta", (data.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     try:
         return LLMConfig(vocab_size=data["vocab_size"], hidden_size=data["hidden_size"],
@@ -334,6 +347,11 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _show(keys: list[str], n: int = 8) -> str:
     return "[" + ", ".join(keys[:n]) + (f", … {len(keys) - n} more" if len(keys) > n else "") + "]"
 
@@ -352,15 +370,22 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
     if missing or unexpected:
         raise ValueError(f"{file}: keys do not match {what}: missing {len(missing)} key(s) {_show(missing)}; "
                          f"unexpected {len(unexpected)} key(s) {_show(unexpected)}")
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(shape)}"
-           for k, shape in {**optional, **expected}.items() if k in state and tuple(state[k].shape) != tuple(shape)]
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(getattr(s, 'shape', s))}"
+           for k, s in {**optional, **expected}.items() if k in state and tuple(state[k].shape) != tuple(getattr(s, "shape", s))]
     if bad:
         raise ValueError(f"{file}: shape mismatch for {len(bad)} key(s) of {what}: " + "; ".join(bad[:6])
                          + (" …" if len(bad) > 6 else ""))
+    # an integer tensor where a float belongs would be copied in as is (``_materialise`` casts floats only)
+    bad = [f"{k}: file {state[k].dtype} vs model {s.dtype}" for k, s in {**optional, **expected}.items()
+           if k in state and isinstance(s, torch.Tensor) and state[k].is_floating_point() != s.is_floating_point()]
+    if bad:
+        raise ValueError(f"{file}: wrong kind of dtype (float vs integer) for {len(bad)} key(s) of {what}: "
+                         + "; ".join(bad[:6]) + (" …" if len(bad) > 6 else ""))
 
 
-def _shapes(module: nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in module.state_dict().items()}
+def _shapes(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's tensors (on ``meta``: shapes and dtypes only), what :func:`check_state_dict` compares."""
+    return dict(module.state_dict())
 
 
 def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -422,8 +447,9 @@ def load_published_tokenizer(path, vocab_size: int | None = None):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {path}")
+    no_code_folder(path)                        # auto_map / .py: refused before transformers could ask to run it
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise ValueError(f"could not read the tokenizer in {path}: {e} "
                          "(a LLaMA tokenizer.model without tokenizer.json needs `pip install sentencepiece protobuf`)") from e
@@ -465,8 +491,8 @@ def load_llm(path, device="cpu", dtype=torch.float32, device_map=None):
         kwargs["device_map"] = {"": str(device)}
     try:
         llm, info = LlamaForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: could not load the LLaMA weights: {e}") from e
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:     # e.g. a truncated model.safetensors
+        raise ValueError(f"{path}: could not load the LLaMA weights: {_first_line(e)}") from e
     missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
     mismatched = [str(m) for m in info.get("mismatched_keys", ())]
     if missing or unexpected or mismatched:
@@ -589,13 +615,19 @@ def load_detokenizer(path, sdxl_dir, configs: PublishedConfigs | None = None, de
         return "fp16" if has_fp16 and (half or not has_default) else None
 
     place = dict(device_map=str(device)) if torch.device(device).type != "cpu" else {}
-    unet, info = UNet2DConditionModel.from_pretrained(str(sdxl), subfolder="unet", torch_dtype=dtype, local_files_only=True,
-                                                      variant=weights("unet"), output_loading_info=True, **place)
+
+    def read(cls, sub, dt):                  # a corrupt weight file names its folder, not a bare SafetensorError
+        try:
+            return cls.from_pretrained(str(sdxl), subfolder=sub, torch_dtype=dt, local_files_only=True,
+                                       variant=weights(sub), output_loading_info=True, **place)
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+            raise ValueError(f"{sdxl / sub}: could not load the weights: {_first_line(e)}") from e
+
+    unet, info = read(UNet2DConditionModel, "unet", dtype)
     _raise_if_incomplete(info, sdxl / "unet")
     vae_dtype = torch.float32 if dtype == torch.float16 and _diffusers_config(
         sdxl / "vae" / "config.json", AutoencoderKL).get("force_upcast", False) else dtype
-    vae, info = AutoencoderKL.from_pretrained(str(sdxl), subfolder="vae", torch_dtype=vae_dtype, local_files_only=True,
-                                              variant=weights("vae"), output_loading_info=True, **place)
+    vae, info = read(AutoencoderKL, "vae", vae_dtype)
     _raise_if_incomplete(info, sdxl / "vae")
     if torch.device(device).type == "cpu":      # diffusers leaves CPU weights inside the mapped files
         _own_memory(unet)
@@ -693,10 +725,30 @@ def write_published_layout(model: SeedX, root, variant: str = "seed_x") -> Publi
     de-tokenizer (``resampler.*`` + ``unet.*``) ``.bin`` and the ViT ``.pt`` via ``torch.save``; UNet, VAE
     and scheduler as diffusers folders; the tokenizer folder; and ``seedx_lab.json`` with the configs no
     weight file records. Returns the paths.
+
+    Atomic per layout: everything is written into a temporary folder inside ``root`` first; only when all of
+    it is complete are its top-level entries swapped in for the old ones (a few renames). A failure while
+    writing leaves a layout already in ``root`` as it was (no new LLM beside old parts), and no temporary.
     """
+    import shutil
+    import tempfile
+
+    from ..validate import output_folder
+
     if variant not in VARIANTS:
         raise ValueError(f"unknown SEED-X variant {variant!r}; expected one of {VARIANTS}")
-    root = Path(root)
+    root = output_folder("to_published", root)
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".seedx-convert-", suffix=".tmp", dir=root))
+    try:
+        _write_layout(model, stage, variant)
+        _swap_in(stage, root)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return PublishedPaths.from_root(root, variant, env={})
+
+
+def _write_layout(model: SeedX, root: Path, variant: str) -> None:
     paths = PublishedPaths.from_root(root, variant, env={})
     for d in (paths.llm, paths.agent.parent, paths.vit.parent, paths.detok.parent, paths.sdxl, paths.tokenizer):
         d.mkdir(parents=True, exist_ok=True)
@@ -711,7 +763,35 @@ def write_published_layout(model: SeedX, root, variant: str = "seed_x") -> Publi
     detok.scheduler.save_pretrained(paths.sdxl / "scheduler")
     model.tokenizer.save_pretrained(paths.tokenizer)
     (root / CONFIG_FILE).write_text(json.dumps(PublishedConfigs.from_model(model).to_dict(), indent=2))
-    return paths
+
+
+def _swap_in(stage: Path, root: Path) -> None:
+    """Move each top-level entry of ``stage`` into ``root``, replacing the old one; on a failure part-way,
+    every entry already swapped is put back."""
+    import shutil
+    import tempfile
+
+    old = Path(tempfile.mkdtemp(prefix=".seedx-old-", suffix=".tmp", dir=root))
+    moved: list[tuple[Path, Path | None]] = []                # (new entry in root, old one parked in ``old``)
+    try:
+        for entry in sorted(stage.iterdir()):
+            target, parked = root / entry.name, None
+            if target.exists() or target.is_symlink():
+                parked = old / entry.name
+                os.replace(target, parked)
+            moved.append((target, parked))
+            os.replace(entry, target)
+    except BaseException:
+        for target, parked in reversed(moved):
+            if target.is_dir() and not target.is_symlink():          # the new entry, if it got there
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if parked is not None and parked.exists():
+                os.replace(parked, target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- helpers for the real model

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import tokens as T
+from .. import validate as V
 from ..model import SeedX, SeedXConfig
 from ..shapeworld import world as W
 
@@ -75,6 +76,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.llm_mix = tuple(self.llm_mix)
+        V.seed("seed", self.seed, allow_none=False)
+        V.positive_int("threads", self.threads, high=4096, allow_none=True)
+        self.out, self.work = (str(V.path_like(k, getattr(self, k))) for k in ("out", "work"))   # a JSON-able config
         if isinstance(self.comprehension_batch, bool) or not isinstance(self.comprehension_batch, int) \
                 or self.comprehension_batch < 1:
             raise ValueError(f"comprehension_batch must be a positive int, got {self.comprehension_batch!r}")

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import validate as V
 from ..files import atomic_write
 from ..lvlm import pool_targets
 from ..sequences import caption_pieces, collate, comprehension_pieces, encode_pieces, story_pieces
@@ -55,6 +56,7 @@ from ..shapeworld import world as W
 from .config import LANE_PARAMS, LANES, STAGE_ORDER, TrainConfig, build_model
 from . import data as D
 from .data import ViTHeads, _seed_of, image_to_unit, unet_timesteps, vit_batch, vit_pool
+from .workdir import MAY_CHANGE, WorkLock, config_changes, note, trim_log
 
 
 class CSVLog:
@@ -73,19 +75,29 @@ class CSVLog:
         self.t0 = time.time() if t0 is None else t0       # a lane process counts from its parent's start
 
     def write(self, stage, step, loss, part1=None, part2=None, lr=None):
-        self.w.writerow(dict(stage=stage, step=step, loss=f"{loss:.5f}",
-                             part1="" if part1 is None else f"{part1:.5f}",
-                             part2="" if part2 is None else f"{part2:.5f}",
-                             lr="" if lr is None else f"{lr:.2e}", elapsed_s=f"{time.time() - self.t0:.1f}"))
-        self.f.flush()
+        try:
+            self.w.writerow(dict(stage=stage, step=step, loss=f"{loss:.5f}",
+                                 part1="" if part1 is None else f"{part1:.5f}",
+                                 part2="" if part2 is None else f"{part2:.5f}",
+                                 lr="" if lr is None else f"{lr:.2e}", elapsed_s=f"{time.time() - self.t0:.1f}"))
+            self.f.flush()
+        except OSError as e:                  # a full disk: say which file, not a bare errno
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def close(self):
         self.f.close()
 
 
 def _atomic_save(obj, path: Path):
-    """``torch.save`` that leaves the previous file intact (and no temporary) if interrupted."""
-    atomic_write(path, lambda p: torch.save(obj, p))
+    """``torch.save`` that leaves the previous file intact (and no temporary) if interrupted.
+
+    A failed write (full disk, read-only folder) is an ``OSError`` naming ``path``: torch's own message is a
+    bare "basic_ios::clear: iostream error" or "file write failed"."""
+    try:
+        atomic_write(path, lambda p: torch.save(obj, p))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"could not write {path}: {first} (is the disk full or the folder read-only?)") from None
 
 
 def _cosine(step, total, base, warmup=20):
@@ -106,23 +118,43 @@ class Trainer:
             raise ValueError(f"lane must be one of {', '.join(LANES)}, got {lane!r}")
         self.cfg, self.lane, self.remote = cfg, lane, remote
         self.work = Path(cfg.work)
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.lock = None
+        if lane is None:                 # before any work: where it goes, the device, and the folder to itself
+            V.output_folder("work", cfg.work)
+            V.output_folder("out", cfg.out)
+            self.device = V.device("device", cfg.device)
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.lock = WorkLock(self.work)      # a lane runs under its parent's lock
+            if self.lock.stale:
+                note(f"took over the lock of a run that ended without releasing it ({self.lock.stale})")
+        else:
+            self.device = torch.device(cfg.device)
         self.state_path = self.work / ("state.pt" if lane is None else f"state-{lane}.pt")
         self.progress = progress
-        if cfg.threads and lane is None:
-            torch.set_num_threads(cfg.threads)
-        self.device = torch.device(cfg.device)
-        self.model = build_model(cfg.seed, self.device)
-        self.done: list[str] = []
-        self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
-        if fresh:
-            for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
-                (self.work / f).unlink(missing_ok=True)
-        elif self.state_path.exists():
-            self._load_state(self.state_path)
-        elif lane is not None:                       # a lane starts from the main state (the finished ViT)
-            self._load_state(self.work / "state.pt")
-        self.log = CSVLog(self.work / "train_log.csv", t0=t0)
+        try:
+            if cfg.threads and lane is None:
+                torch.set_num_threads(cfg.threads)
+            self.model = build_model(cfg.seed, self.device)
+            self.done: list[str] = []
+            self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
+            if fresh:
+                for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
+                    (self.work / f).unlink(missing_ok=True)
+            elif self.state_path.exists():
+                self._load_state(self.state_path)
+            elif lane is not None:                       # a lane starts from the main state (the finished ViT)
+                self._load_state(self.work / "state.pt")
+            if lane is None and not fresh:
+                self._trim_log()
+            self.log = CSVLog(self.work / "train_log.csv", t0=t0)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Free the work folder (also done at the end of :meth:`run`, and by the OS when the process ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def parallel(self) -> bool:
@@ -136,16 +168,41 @@ class Trainer:
                           scaling_factor=float(self.model.detok.vae.config.scaling_factor)), self.state_path)
 
     def _read_state(self, path: Path) -> dict:
+        # weights_only: a state holds tensors, numbers, strings, lists and dicts only (the config as a dict),
+        # so nothing in a work folder can run code when it is read
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:  # a torn write cannot happen (atomic), but a foreign file can
-            raise ValueError(f"cannot resume from {path}: {e}; run with --fresh") from None
-        missing = [k for k in ("model", "scaling_factor", "done", "stage", "step", "opt") if k not in st] \
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # a torn write cannot happen (atomic), but a foreign or crafted file can
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot resume from {path}: not a plain training state ({first}); "
+                             "run with --fresh") from None
+        missing = [k for k in ("model", "scaling_factor", "done", "stage", "step", "opt", "config") if k not in st] \
             if isinstance(st, dict) else ["model"]
         if missing:
             raise ValueError(f"cannot resume from {path}: missing entry {missing[0]!r} (written by a different "
                              "configuration?); run with --fresh")
+        changed = config_changes(dict(st["config"]) if isinstance(st["config"], dict) else {}, asdict(self.cfg))
+        if changed:
+            raise ValueError(f"cannot resume from {path}: it was saved by a run with another configuration "
+                             f"({'; '.join(changed)}). A resume may change only {', '.join(MAY_CHANGE)}: rerun "
+                             "with the saved values, or start over with --fresh (the saved state is discarded)")
         return st
+
+    def _trim_log(self):
+        """Drop log rows written after the steps this run resumes from (``state.pt`` and any lane state), so
+        that a resumed stage's rows are not repeated."""
+        done, resume = set(self.done), {}
+        if self.resume_stage is not None:
+            resume[self.resume_stage] = self.resume_step
+        for f in self._lane_files():
+            try:
+                st = self._read_state(f)
+            except ValueError:           # the lane that reads it will refuse it, naming it: keep the log as it is
+                return
+            done |= set(st["done"])
+            if st["stage"] is not None:
+                resume[st["stage"]] = st["step"]
+        trim_log(self.work / "train_log.csv", lambda stage, step: stage in done or step < resume.get(stage, 0))
 
     def _load_state(self, path: Path, prefix: str = ""):
         """Load a saved state into this trainer (only the parameters under ``prefix`` when merging a lane)."""
@@ -469,6 +526,12 @@ class Trainer:
             f.unlink()
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> Path:
         t0 = time.time()
         self.stage_vit()
         if self.parallel:
