@@ -225,7 +225,8 @@ class PublishedConfigs:
                        add_patch_pos=True, vit_down=True, mse=True, lm_loss_scale=1.0, rec_loss_scale=6.0),
             sdxl_adapter=dict(dim=1024, depth=4, dim_head=64, heads=16, num_queries=64, embedding_dim=4096,
                               output1_dim=768, output2_dim=1280, ff_mult=4, normalize=False),
-            pipeline=dict(tile_size=448, image_size=1024, num_inference_steps=50, guidance_scale=7.5),
+            pipeline=dict(tile_size=448, image_size=1024, num_inference_steps=50, guidance_scale=7.5,
+                          negative="vit_zero_image"),
         )
 
     @classmethod
@@ -675,7 +676,8 @@ def load_published(root=None, device=None, dtype=None, device_map=None, variant:
                          rec_loss_scale=a.get("rec_loss_scale", 6.0),
                          num_inference_steps=p.get("num_inference_steps", 50), guidance_scale=p.get("guidance_scale", 7.5),
                          input_locality=lvlm.input_resampler.config.locality,
-                         input_local_heads=lvlm.input_resampler.config.local_heads)
+                         input_local_heads=lvlm.input_resampler.config.local_heads,
+                         negative=p.get("negative", "vit_zero_image"))
     say("done")
     return SeedX(config, tok, vit=vit, lvlm=lvlm, detok=detok).eval()
 
@@ -739,7 +741,10 @@ def published_prompt(variant: str, task: str, text: str, image_tokens: str = "")
 @torch.no_grad()
 def published_negative_features(model: SeedX) -> torch.Tensor:
     """The de-tokenizer's unconditional input as published: ViT features of an all-zero (normalised)
-    image, 1-D pooled 256 -> 64 (``SDXLAdapter.get_image_embeds`` with ``vit_down``). ``[1, 64, D]``."""
+    image, 1-D pooled 256 -> 64 (``SDXLAdapter.get_image_embeds`` with ``vit_down``). ``[1, 64, D]``.
+
+    Computed afresh, whatever ``model.config.negative`` says; a model loaded by :func:`load_published`
+    uses it by default (``config.negative == "vit_zero_image"``, cached: :meth:`SeedX.negative_features`)."""
     s = model.config.vit.image_size
     zeros = torch.zeros(1, 3, s, s, device=model.device, dtype=model.dtype)
     return pool_targets(model.vit(zeros), "1d", model.lvlm.num_img_tokens)
