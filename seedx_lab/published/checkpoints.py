@@ -20,9 +20,15 @@ What each file holds, and where it goes here:
   shape-mismatched keys and calls ``load_state_dict(strict=False)``, so nothing is checked there. The
   module's own keys are ``input_resampler.*``, ``output_resampler.*`` (Qwen-VL ``Resampler`` names),
   ``patch_pos_embed`` [4, 5120] (``add_patch_pos: True``) and ``llm.*``. Here the first three are
-  *required* and must match :class:`~seedx_lab.lvlm.ContinuousLVLM` exactly; ``llm.*`` keys are *allowed*
-  and, as in the published load order, overwrite the LLM folder's weights (they must name real LLaMA
-  parameters with the right shapes).
+  *required* and must match :class:`~seedx_lab.lvlm.ContinuousLVLM` exactly. ``llm.*`` keys are *allowed*
+  and sorted by :func:`read_agent_llm`: LLaMA weights (a file saved from the whole agent) overwrite the
+  LLM folder's, as in the published load order (folder first, agent on top; giving both is not an error,
+  the agent file wins); each layer's ``rotary_emb.inv_freq`` buffer (the published LLaMA class saves it)
+  is checked against the recomputed frequencies and skipped; peft names (``base_layer``, ``lora_A/B``,
+  ``modules_to_save``, from the ``llm_seed_x_lora.yaml`` training recipe) are unwrapped and the LoRA
+  pairs merged, ``W + (B @ A) * lora_alpha / r``, with the ``adapter_config.json`` next to the agent file
+  (none there: an error that says how to merge them with peft's ``merge_and_unload``). Any other key is
+  an error naming it and the file.
 * **visual encoder** — ``Qwen-VL-Chat``'s ``transformer.visual.state_dict()`` (``src/tools/reload_qwen_vit.py``),
   loaded without prefix into ``VisionTransformerWithAttnPool``: keys exactly as
   :class:`~seedx_lab.vit.VisionTransformer` (see vit.py).
