@@ -239,14 +239,14 @@ class SeedX(nn.Module):
         if self.config.negative == "zeros":
             return torch.zeros(1, n, dim, device=self.device, dtype=self.dtype)
         params = list(self.vit.parameters())
-        key = (self.config.negative, self.device, self.dtype, tuple(id(p) for p in params),
-               tuple(p._version for p in params))
+        device, dtype = params[0].device, params[0].dtype          # where the ViT runs
+        key = (self.config.negative, device, dtype, tuple(id(p) for p in params), tuple(p._version for p in params))
         cache = self.__dict__.setdefault("_negative_cache", {})
         if key not in cache:
             from .lvlm import pool_targets
 
             s = self.config.vit.image_size
-            zeros = torch.zeros(1, 3, s, s, device=self.device, dtype=self.dtype)
+            zeros = torch.zeros(1, 3, s, s, device=device, dtype=dtype)
             cache.clear()
             cache[key] = pool_targets(self.vit(zeros), self.lvlm.target_pool, n)   # [1, 64, vit_dim]
         return cache[key]
@@ -272,6 +272,15 @@ class SeedX(nn.Module):
         feats = features if batched else features[None]                     # [B, 64, vit_dim]
         guidance = self.config.guidance_scale if guidance_scale is None else guidance_scale
         neg = None
+        if negative_features is not None and (not isinstance(negative_features, torch.Tensor)
+                                              or negative_features.shape[-2:] != feats.shape[-2:]
+                                              or negative_features.dim() not in (2, 3)
+                                              or (negative_features.dim() == 3
+                                                  and negative_features.shape[0] not in (1, feats.shape[0]))):
+            got = tuple(negative_features.shape) if isinstance(negative_features, torch.Tensor) \
+                else type(negative_features).__name__
+            raise ValueError(f"negative_features must be [{feats.shape[1]}, {want}] or [1 or {feats.shape[0]}, "
+                             f"{feats.shape[1]}, {want}] like the features, got {got}")
         if guidance > 1.0:                   # the unconditional branch only runs when guiding
             neg = self.negative_features() if negative_features is None else negative_features
             neg = (neg if neg.dim() == 3 else neg[None]).to(feats.device, feats.dtype)

@@ -28,7 +28,9 @@ WORDS = "a red circle . here it is :".split()
 def model():
     tok = T.build_tokenizer(WORDS)
     torch.manual_seed(0)
-    return SeedX(SeedXConfig.tiny(len(tok)), tok).eval()
+    m = SeedX(SeedXConfig.tiny(len(tok)), tok).eval()
+    m.config.num_inference_steps = 4       # the default the layout records (seedx_lab.json); keeps the test quick
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def published_pipeline(m, features, negative, steps, guidance, seed):
 
 def test_a_published_layout_model_draws_with_the_published_negative(loaded):
     c = loaded.config
-    assert c.negative == "vit_zero_image" and c.guidance_scale > 1
+    assert c.negative == "vit_zero_image" and c.guidance_scale > 1 and c.num_inference_steps == 4
     res = loaded.generate_image("a red circle")                               # default arguments
     want = published_pipeline(loaded, res.features[None], pooled_zero_image(loaded),
                               c.num_inference_steps, c.guidance_scale, seed=0)
@@ -151,3 +153,11 @@ def test_an_old_config_without_the_field_loads_as_zeros(model):
     assert SeedXConfig.from_dict(json.loads(json.dumps(d)), strict=True).negative == "zeros"
     with pytest.raises(ValueError, match="negative must be one of"):
         SeedXConfig.from_dict({**model.config.to_dict(), "negative": "black"})
+
+
+def test_a_bad_negative_is_named(loaded):
+    f = torch.randn(64, loaded.config.vit.output_dim)
+    with pytest.raises(ValueError, match="negative_features must be"):
+        loaded.draw(f, num_inference_steps=1, negative_features=torch.zeros(64, 3))
+    with pytest.raises(ValueError, match="negative_features must be"):
+        loaded.draw(f, num_inference_steps=1, negative_features=[0.0])
