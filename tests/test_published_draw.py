@@ -161,3 +161,19 @@ def test_a_bad_negative_is_named(loaded):
         loaded.draw(f, num_inference_steps=1, negative_features=torch.zeros(64, 3))
     with pytest.raises(ValueError, match="negative_features must be"):
         loaded.draw(f, num_inference_steps=1, negative_features=[0.0])
+
+
+def test_seedx_lab_json_may_keep_zeros_and_names_a_bad_value(root, tmp_path):
+    import shutil
+
+    d = tmp_path / "pretrained"
+    shutil.copytree(root, d)
+    cfg = json.loads((d / C.CONFIG_FILE).read_text())
+    assert "negative" not in cfg["pipeline"]
+    cfg["pipeline"]["negative"] = "zeros"
+    (d / C.CONFIG_FILE).write_text(json.dumps(cfg))
+    assert C.load_published(d).config.negative == "zeros"
+    cfg["pipeline"]["negative"] = "black"
+    (d / C.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="seedx_lab.json: pipeline.negative must be one of"):
+        C.load_published(d)

@@ -76,7 +76,7 @@ import torch.nn as nn
 from .. import tokens as T
 from ..detokenizer import Detokenizer, DetokenizerConfig
 from ..lvlm import ContinuousLVLM, LLMConfig, pool_targets
-from ..model import SeedX, SeedXConfig
+from ..model import NEGATIVES, SeedX, SeedXConfig
 from ..resampler import Resampler, ResamplerConfig
 from ..vit import ViTConfig, VisionTransformer
 
@@ -214,7 +214,10 @@ class PublishedConfigs:
     (plus the class defaults ``n_queries`` 256, pool heads ``output_dim // 128``); ``agent`` =
     ``configs/clm_models/agent_seed_x.yaml``; ``sdxl_adapter`` = the ``resampler`` block of
     ``configs/sdxl_adapter/sdxl_qwen_vit_resampler_l4_q64_pretrain_no_normalize.yaml``; ``pipeline`` =
-    constants of ``src/inference/*.py`` (448-pixel tiles, 1024-pixel images, 50 steps, guidance 7.5).
+    constants of ``src/inference/*.py`` (448-pixel tiles, 1024-pixel images, 50 steps, guidance 7.5, and
+    the guidance negative of ``SDXLAdapter``: the ViT of an all-zero image). A written ``seedx_lab.json``
+    never records ``pipeline.negative`` (a layout draws as the published code does); one added by hand
+    (``"zeros"``) is honoured.
     """
 
     visual_encoder: dict = field(default_factory=dict)
@@ -276,6 +279,9 @@ class PublishedConfigs:
             raise ValueError(f"{f}: unknown section(s) {unknown}")
         for k, v in data.items():
             setattr(cfg, k, dict(v))
+        negative = cfg.pipeline.get("negative", "vit_zero_image")
+        if negative not in NEGATIVES:
+            raise ValueError(f"{f}: pipeline.negative must be one of {NEGATIVES}, got {negative!r}")
         return cfg
 
     def vit_config(self) -> ViTConfig:
