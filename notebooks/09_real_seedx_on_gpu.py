@@ -81,8 +81,7 @@ except ImportError as e:  # pragma: no cover - only while those modules are miss
 # (pre-trained) or `seed_x_i` (instruction-tuned); `SEEDX_DEVICE_MAP=auto` spreads the LLM over
 # several GPUs.
 #
-# The parameter counts below are computed by building every published part on PyTorch's `meta`
-# device, which allocates nothing.
+# How much memory that takes is the subject of section 1b; this cell only looks at what is here.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -100,13 +99,11 @@ if tok_dir is not None and tok_dir.is_dir() and not (tok_dir / "tokenizer.json")
         problems.append(f"tokenizer: {tok_dir} has no tokenizer.json; reading tokenizer.model needs "
                         "`pip install sentencepiece protobuf`")
 
-counts = C.parameter_counts()
-total = sum(counts.values())
-print("\npublished SEED-X, parameters per part:")
-for part, n in counts.items():
-    print(f"  {part:<17} {n / 1e9:6.2f} B")
-print(f"  {'total':<17} {total / 1e9:6.2f} B  ->  {2 * total / 2**30:.1f} GiB of weights in bf16 "
-      "(+ activations: plan for about 40 GiB on one GPU)")
+from seedx_lab.published.plan import build_stages, format_plan, make_plan
+
+stages = build_stages()                                  # every published part on the meta device: no memory
+bf16 = make_plan("bf16", stages=stages)
+need = bf16.total_bytes() + bf16.peak_activation          # bf16 weights + the activation peak of one generation
 
 gpu = torch.cuda.is_available()
 if gpu:
@@ -116,7 +113,6 @@ if gpu:
 else:
     print("\nGPU: none (torch.cuda.is_available() is False)")
 
-need = 2 * total * 1.15                                  # bf16 weights + ~15 % for activations and caches
 if gpu and free < need and not os.environ.get("SEEDX_DEVICE_MAP"):
     problems.append(f"GPU memory: {free / 2**30:.0f} GiB free, about {need / 2**30:.0f} GiB needed on one GPU; "
                     "set SEEDX_DEVICE_MAP=auto to spread the LLM over several GPUs (or offload it)")
@@ -124,6 +120,31 @@ REAL = gpu and not problems
 if problems:
     print("\nmissing:\n  " + "\n  ".join(problems))
 print("\n->", "loading the real SEED-X" if REAL else "the real model cannot be loaded here: every section uses the stand-in")
+
+# %% [markdown]
+# ## 1b. Know before you download: `seedx-lab plan`
+# `seedx-lab plan --dtype bf16 --gpus N --gpu-memory 80GiB` builds every stage at its published size on
+# PyTorch's `meta` device (shapes without storage, so it runs on this CPU in seconds), counts the
+# parameters, sizes each stage per dtype, estimates the activation and KV-cache memory of one
+# generation (the formulas are in `seedx_lab/published/plan.py`), and asks accelerate's
+# `infer_auto_device_map` where the stages would go. The cell below prints the plan for one 80 GiB GPU
+# and then for two 24 GiB GPUs. Which stage is the largest, and how much of the total is the LLM? Does
+# the activation peak matter next to the weights?
+
+# %%
+print(format_plan(make_plan("bf16", gpus=1, gpu_memory="80GiB", stages=stages)))
+print()
+two = make_plan("bf16", gpus=2, gpu_memory="24GiB", stages=stages)
+print(format_plan(two).split("\n\n")[-1])
+
+# %% [markdown]
+# And for the GPUs of this machine (nothing is printed without one):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if gpu:
+    here = make_plan("bf16", gpus=torch.cuda.device_count(), gpu_memory=size, stages=stages)
+    print(format_plan(here).split("\n\n")[-1])
 
 # %% [markdown]
 # ## 2. The published layout, on a stand-in
@@ -210,7 +231,9 @@ print("vocabulary:", len(model.tokenizer), " <img> id:", model.token_ids.boi, " 
 # the instruction-tuned model must predict the image itself. Once `<img>` is there the processor forces
 # the 64 image tokens and `</img>`; their last-layer hidden states go through the output resampler and
 # then the de-tokenizer. As in the published `SDXLAdapter.generate`, classifier-free guidance uses the
-# ViT features of an all-zero image as the negative condition.
+# ViT features of an all-zero image as the negative condition: a model loaded from the published layout
+# records that in `config.negative` and `draw` (so `generate_image` and `generate` too) uses it without
+# being told. The next cell checks, on whichever model ran, that the default negative is the published one.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -234,11 +257,7 @@ print("images completed:", len(out.images[0]))
 # %%
 # NBVAL_IGNORE_OUTPUT
 if out.images[0]:
-    feats = out.images[0][0].features[None]                                   # [1, 64, vit_dim]
-    negative = C.published_negative_features(model).to(feats)
-    steps = model.config.num_inference_steps
-    picture = model.detok.sample(feats, num_inference_steps=steps, guidance_scale=model.config.guidance_scale,
-                                 negative_features=negative, generator=torch.Generator().manual_seed(42))[0]
+    picture = model.draw(out.images[0][0].features, seed=42)                  # default negative, config's steps
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(picture)
     ax.set_title(f"{MODEL}\n{caption[:50]}", fontsize=8)
@@ -246,6 +265,16 @@ if out.images[0]:
     plt.show()
 else:
     print(f"{MODEL} did not open an image block within 120 tokens: nothing to draw")
+
+# %% [markdown]
+#
+# %%
+print("config.negative of the loaded model:", model.config.negative)
+default_neg = model.negative_features()
+published_neg = C.published_negative_features(model)       # ViT(zero image), pooled 256 -> 64, computed afresh
+print(f"default negative {tuple(default_neg.shape)} equals the published one:", torch.equal(default_neg, published_neg))
+print("differs from all-zero features (seedx-tiny's own negative):", not torch.equal(default_neg, torch.zeros_like(default_neg)))
+print("seedx-tiny's config.negative:", standin.config.negative)
 
 # %% [markdown]
 # Inside the generation: the processor's decisions (outside a block it only "blocks" image tokens by
@@ -367,6 +396,9 @@ print("removed the temporary layout")
 #   published code loads with `strict=False`, which silently skips anything missing or mis-shaped. The
 #   loader here does the opposite: it names every missing or unexpected key and both shapes of a
 #   mismatch, before any weight is copied.
+# * An agent file saved from the whole agent (`llm.*`, each layer's rotary `inv_freq`) or from the
+#   LoRA training recipe (peft's `lora_A`/`lora_B` names) loads too: buffers are checked and skipped,
+#   LoRA pairs are merged with the `adapter_config.json` next to the file (docs/published-weights.md).
 # * Nothing about the real model needed new classes: the widths come from `config.json`, the published
 #   YAML configs and the SDXL folder; the counts (64 queries, 64 forced tokens, 256 ViT features per
 #   view) are the ones seedx-tiny kept.
@@ -374,8 +406,9 @@ print("removed the temporary layout")
 # ## Exercises
 # 1. Load `seed_x` and `seed_x_i` (`SEEDX_VARIANT`) and run section 4 with SEED-X-I's prompt, which
 #    does not end in `<img>`. At which step does SEED-X-I open the block, and with what P(`<img>`)?
-# 2. In section 4, draw the same features with `negative_features=torch.zeros_like(feats)` (seedx_lab's
-#    default) instead of the zero *image*'s ViT features. How much does the picture change?
+# 2. In section 4, draw the same features with `model.draw(features, seed=42, negative_features=torch.zeros_like(features))`
+#    (the negative seedx-tiny was trained with) instead of the zero *image*'s ViT features. How much does
+#    the picture change?
 # 3. `trace.estimate_bytes` says how much a capture will hold. How large is `capture=["llm.*"]` for a
 #    describe call on a 2x2-tile image (5 views, about 360 prompt tokens) on the 13 B model?
 # 4. Write seedx-tiny in the published layout (`seedx-lab convert --to-published /tmp/pt`), delete one

@@ -114,6 +114,13 @@ def _cmd_describe(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from .published.plan import format_plan, make_plan
+
+    print(format_plan(make_plan(args.dtype, args.gpus, args.gpu_memory, text_tokens=args.text_tokens)))
+    return 0
+
+
 def _add_model_args(p, steps: bool = False):
     p.add_argument("--model", default="seedx-tiny", help="model name in data/ or a folder (default seedx-tiny)")
     p.add_argument("--device", default="cpu")
@@ -168,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--question", default="describe the image .")
     _add_model_args(de)
     de.set_defaults(func=_cmd_describe)
+    pl = sub.add_parser("plan", help="size of the published SEED-X per stage and dtype, and a device map (no download)")
+    pl.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    pl.add_argument("--gpus", type=int, default=0, help="number of GPUs to plan for (0: no device map)")
+    pl.add_argument("--gpu-memory", default="80GiB", help="memory of each GPU, e.g. 80GiB, 24GB")
+    pl.add_argument("--text-tokens", type=int, default=128, help="text tokens in the generation sized for activations")
+    pl.set_defaults(func=_cmd_plan)
     return p
 
 

@@ -33,6 +33,12 @@ from .vit import ViTConfig, VisionTransformer
 
 DESCRIBE_QUESTION = "describe the image ."
 _UNCHECKED = object()          # comprehension_inputs: no max_new_tokens to check
+# The de-tokenizer's unconditional input under classifier-free guidance:
+#   "zeros"          all-zero features (what seedx-tiny's stage b drops conditions to, cond_drop_prob)
+#   "vit_zero_image" the ViT features of an all-zero (normalised) image, pooled like the target
+#                    (what the published SDXLAdapter passes as its negative)
+NEGATIVES = ("zeros", "vit_zero_image")
+_OPTIONAL_FIELDS = ("negative",)       # may be absent from a config.json (written before the field existed)
 
 
 @dataclass
@@ -52,6 +58,11 @@ class SeedXConfig:
     guidance_scale: float = 1.0
     input_locality: float = 0.0          # place bias of the input resampler (0: published; see ResamplerConfig)
     input_local_heads: int | None = None
+    negative: str = "zeros"              # guidance's unconditional input, one of NEGATIVES (published: vit_zero_image)
+
+    def __post_init__(self):
+        if self.negative not in NEGATIVES:
+            raise ValueError(f"negative must be one of {NEGATIVES}, got {self.negative!r}")
 
     @classmethod
     def tiny(cls, vocab_size: int) -> "SeedXConfig":
@@ -81,8 +92,8 @@ class SeedXConfig:
                 raise ValueError(f"config is missing the field {key!r}")
             if not isinstance(d[key], dict):
                 raise ValueError(f"config field {key!r} must be an object, got {type(d[key]).__name__}")
-        if strict:
-            missing = [f.name for f in fields(cls) if f.name not in d]
+        if strict:      # "negative" came later: a config.json without it is seedx-tiny's, trained on zeros
+            missing = [f.name for f in fields(cls) if f.name not in d and f.name not in _OPTIONAL_FIELDS]
             for key, sub in (("vit", ViTConfig), ("llm", LLMConfig), ("detok", DetokenizerConfig)):
                 missing += [f"{key}.{f.name}" for f in fields(sub) if f.name not in d[key]]
             if missing:
@@ -235,15 +246,40 @@ class SeedX(nn.Module):
         return ImageResult(image, prompt, out, feats)
 
     @torch.no_grad()
+    def negative_features(self) -> torch.Tensor:
+        """The de-tokenizer's unconditional input ``[1, 64, vit_dim]`` as ``config.negative`` says.
+
+        ``"vit_zero_image"``: the ViT on an all-zero ``[1, 3, S, S]`` image, pooled 256 -> 64 as the
+        regression target is; computed once per device, dtype and ViT weights (an optimizer step or a
+        ``load_state_dict`` changes the weights' version counters and so recomputes it).
+        ``"zeros"``: zeros."""
+        n, dim = self.lvlm.num_img_tokens, self.config.vit.output_dim
+        if self.config.negative == "zeros":
+            return torch.zeros(1, n, dim, device=self.device, dtype=self.dtype)
+        params = list(self.vit.parameters())
+        device, dtype = params[0].device, params[0].dtype          # where the ViT runs
+        key = (self.config.negative, device, dtype, tuple(id(p) for p in params), tuple(p._version for p in params))
+        cache = self.__dict__.setdefault("_negative_cache", {})
+        if key not in cache:
+            from .lvlm import pool_targets
+
+            s = self.config.vit.image_size
+            zeros = torch.zeros(1, 3, s, s, device=device, dtype=dtype)
+            cache.clear()
+            cache[key] = pool_targets(self.vit(zeros), self.lvlm.target_pool, n)   # [1, 64, vit_dim]
+        return cache[key]
+
+    @torch.no_grad()
     def draw(self, features: torch.Tensor, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             seed: int | None = 0, callback=None):
+             seed: int | None = 0, callback=None, negative_features: torch.Tensor | None = None):
         """De-tokenize ``[64, vit_dim]`` (or ``[B, 64, vit_dim]``) features into PIL image(s).
 
         ``num_inference_steps``: an int in [1, the scheduler's ``num_train_timesteps``], or None for the
         config's. ``guidance_scale``: a finite number in [0, 100], or None for the config's; as in diffusers,
         a scale <= 1 switches classifier-free guidance off (the conditional prediction alone), above 1 it
         extrapolates away from the unconditional one. ``seed``: an int in [0, 2**64 - 1], or None for
-        fresh randomness."""
+        fresh randomness. ``negative_features``: the unconditional input of guidance (``[64, vit_dim]`` or
+        ``[1 or B, 64, vit_dim]``); default :meth:`negative_features`, i.e. what ``config.negative`` names."""
         steps, guidance, seed = self._check_drawing(num_inference_steps, guidance_scale, seed)
         want = self.detok.config.embedding_dim
         if not isinstance(features, torch.Tensor) or features.dim() not in (2, 3) or features.shape[-1] != want \
@@ -251,7 +287,7 @@ class SeedX(nn.Module):
             got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"draw needs features [tokens, {want}] or [batch, tokens, {want}] "
                              f"(the output resampler's), got {got}")
-        return self._draw(features, steps, guidance, seed, callback)
+        return self._draw(features, steps, guidance, seed, callback, negative_features)
 
     def _check_drawing(self, num_inference_steps, guidance_scale, seed):
         """The de-tokenizer's settings, checked (None: the config's steps and guidance, a fresh seed)."""
@@ -261,11 +297,29 @@ class SeedX(nn.Module):
         return (steps or self.config.num_inference_steps,
                 self.config.guidance_scale if guidance is None else guidance, V.seed("seed", seed))
 
-    def _draw(self, features, steps: int, guidance: float, seed: int | None, callback=None):
+    def _draw(self, features, steps: int, guidance: float, seed: int | None, callback=None, negative_features=None):
+        """Checked settings in; ``negative_features`` None means :meth:`negative_features`."""
+        want = self.detok.config.embedding_dim
         batched = features.dim() == 3
+        feats = features if batched else features[None]                     # [B, 64, vit_dim]
+        neg = None
+        if negative_features is not None and (not isinstance(negative_features, torch.Tensor)
+                                              or negative_features.shape[-2:] != feats.shape[-2:]
+                                              or negative_features.dim() not in (2, 3)
+                                              or (negative_features.dim() == 3
+                                                  and negative_features.shape[0] not in (1, feats.shape[0]))):
+            got = tuple(negative_features.shape) if isinstance(negative_features, torch.Tensor) \
+                else type(negative_features).__name__
+            raise ValueError(f"negative_features must be [{feats.shape[1]}, {want}] or [1 or {feats.shape[0]}, "
+                             f"{feats.shape[1]}, {want}] like the features, got {got}")
+        if guidance > 1.0:                   # the unconditional branch only runs when guiding
+            neg = self.negative_features() if negative_features is None else negative_features
+            neg = (neg if neg.dim() == 3 else neg[None]).to(feats.device, feats.dtype)
+            if neg.shape[0] == 1:
+                neg = neg.expand(feats.shape[0], -1, -1)
         g = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        imgs = self.detok.sample(features if batched else features[None], num_inference_steps=steps,
-                                 guidance_scale=guidance, generator=g, callback=callback)
+        imgs = self.detok.sample(feats, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                                 callback=callback, negative_features=neg)
         return imgs if batched else imgs[0]
 
     @torch.no_grad()

@@ -20,9 +20,15 @@ What each file holds, and where it goes here:
   shape-mismatched keys and calls ``load_state_dict(strict=False)``, so nothing is checked there. The
   module's own keys are ``input_resampler.*``, ``output_resampler.*`` (Qwen-VL ``Resampler`` names),
   ``patch_pos_embed`` [4, 5120] (``add_patch_pos: True``) and ``llm.*``. Here the first three are
-  *required* and must match :class:`~seedx_lab.lvlm.ContinuousLVLM` exactly; ``llm.*`` keys are *allowed*
-  and, as in the published load order, overwrite the LLM folder's weights (they must name real LLaMA
-  parameters with the right shapes).
+  *required* and must match :class:`~seedx_lab.lvlm.ContinuousLVLM` exactly. ``llm.*`` keys are *allowed*
+  and sorted by :func:`read_agent_llm`: LLaMA weights (a file saved from the whole agent) overwrite the
+  LLM folder's, as in the published load order (folder first, agent on top; giving both is not an error,
+  the agent file wins); each layer's ``rotary_emb.inv_freq`` buffer (the published LLaMA class saves it)
+  is checked against the recomputed frequencies and skipped; peft names (``base_layer``, ``lora_A/B``,
+  ``modules_to_save``, from the ``llm_seed_x_lora.yaml`` training recipe) are unwrapped and the LoRA
+  pairs merged, ``W + (B @ A) * lora_alpha / r``, with the ``adapter_config.json`` next to the agent file
+  (none there: an error that says how to merge them with peft's ``merge_and_unload``). Any other key is
+  an error naming it and the file.
 * **visual encoder** — ``Qwen-VL-Chat``'s ``transformer.visual.state_dict()`` (``src/tools/reload_qwen_vit.py``),
   loaded without prefix into ``VisionTransformerWithAttnPool``: keys exactly as
   :class:`~seedx_lab.vit.VisionTransformer` (see vit.py).
@@ -59,6 +65,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -70,7 +77,7 @@ from safetensors import SafetensorError
 from .. import tokens as T
 from ..detokenizer import Detokenizer, DetokenizerConfig
 from ..lvlm import ContinuousLVLM, LLMConfig, pool_targets
-from ..model import SeedX, SeedXConfig
+from ..model import NEGATIVES, SeedX, SeedXConfig
 from ..resampler import Resampler, ResamplerConfig
 from ..validate import no_code_folder
 from ..vit import ViTConfig, VisionTransformer
@@ -79,7 +86,7 @@ __all__ = [
     "VARIANTS", "PublishedPaths", "PublishedConfigs", "is_published_layout", "variant_for_name",
     "read_state_dict", "check_state_dict", "load_published", "load_vit", "load_llm", "load_agent",
     "load_detokenizer", "load_published_tokenizer", "write_published_layout", "published_negative_features",
-    "parameter_counts", "PROMPTS", "published_prompt",
+    "parameter_counts", "PROMPTS", "published_prompt", "read_agent_llm", "AgentLLM", "rope_inv_freq",
 ]
 
 # --------------------------------------------------------------------------- layout
@@ -209,7 +216,10 @@ class PublishedConfigs:
     (plus the class defaults ``n_queries`` 256, pool heads ``output_dim // 128``); ``agent`` =
     ``configs/clm_models/agent_seed_x.yaml``; ``sdxl_adapter`` = the ``resampler`` block of
     ``configs/sdxl_adapter/sdxl_qwen_vit_resampler_l4_q64_pretrain_no_normalize.yaml``; ``pipeline`` =
-    constants of ``src/inference/*.py`` (448-pixel tiles, 1024-pixel images, 50 steps, guidance 7.5).
+    constants of ``src/inference/*.py`` (448-pixel tiles, 1024-pixel images, 50 steps, guidance 7.5, and
+    the guidance negative of ``SDXLAdapter``: the ViT of an all-zero image). A written ``seedx_lab.json``
+    never records ``pipeline.negative`` (a layout draws as the published code does); one added by hand
+    (``"zeros"``) is honoured.
     """
 
     visual_encoder: dict = field(default_factory=dict)
@@ -227,7 +237,8 @@ class PublishedConfigs:
                        add_patch_pos=True, vit_down=True, mse=True, lm_loss_scale=1.0, rec_loss_scale=6.0),
             sdxl_adapter=dict(dim=1024, depth=4, dim_head=64, heads=16, num_queries=64, embedding_dim=4096,
                               output1_dim=768, output2_dim=1280, ff_mult=4, normalize=False),
-            pipeline=dict(tile_size=448, image_size=1024, num_inference_steps=50, guidance_scale=7.5),
+            pipeline=dict(tile_size=448, image_size=1024, num_inference_steps=50, guidance_scale=7.5,
+                          negative="vit_zero_image"),
         )
 
     @classmethod
@@ -270,6 +281,9 @@ class PublishedConfigs:
             raise ValueError(f"{f}: unknown section(s) {unknown}")
         for k, v in data.items():
             setattr(cfg, k, dict(v))
+        negative = cfg.pipeline.get("negative", "vit_zero_image")
+        if negative not in NEGATIVES:
+            raise ValueError(f"{f}: pipeline.negative must be one of {NEGATIVES}, got {negative!r}")
         return cfg
 
     def vit_config(self) -> ViTConfig:
@@ -513,44 +527,197 @@ def _build_agent(llm, token_ids, configs: PublishedConfigs, device) -> Continuou
                           target_pool=a.get("target_pool", "1d"), device=device)
 
 
-def _check_agent(state, path, configs: PublishedConfigs, token_ids, llm_config: LLMConfig) -> None:
-    """Keys/shapes of the agent file against a meta-built ContinuousLVLM (and the LLM for ``llm.*``)."""
+# --------------------------------------------------------------------------- llm.* keys of an agent file
+
+# How peft names the weights of a LoRA-wrapped LLM (the published llm_seed_x_lora.yaml training recipe:
+# get_peft_model on LlamaForCausalLM, so the agent's keys read llm.base_model.model.<LLaMA name>):
+#   <module>.base_layer.weight           the frozen weight W of a wrapped Linear
+#   <module>.lora_A.<adapter>.weight     A [r, in]
+#   <module>.lora_B.<adapter>.weight     B [out, r]        merged: W + (B @ A) * scaling
+#   <module>.modules_to_save.<adapter>.weight   a trained copy (the recipe's norms) that replaces ...
+#   <module>.original_module.weight             ... the frozen original, which is dropped
+_PEFT_PREFIX = "base_model.model."
+_LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
+_SAVED = re.compile(r"^(?P<module>.+)\.modules_to_save\.(?P<adapter>[^.]+)\.(?P<param>weight|bias)$")
+_ORIGINAL = re.compile(r"^(?P<module>.+)\.original_module\.(?P<param>weight|bias)$")
+_BASE = re.compile(r"^(?P<module>.+)\.base_layer\.(?P<param>weight|bias)$")
+ADAPTER_CONFIG = "adapter_config.json"       # peft's file; looked for next to the agent file
+_MERGE_HINT = ("merge them into the LLM with peft first (PeftModel.from_pretrained(llm, adapter_folder)"
+               ".merge_and_unload(), then save_pretrained into the llm/ folder) and keep only the resamplers and "
+               "patch_pos_embed in the agent file, or put peft's adapter_config.json (r, lora_alpha) next to "
+               "the agent file so the loader can merge them")
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """LLaMA's rotary frequencies ``1 / theta^(2i / head_dim)``, ``[head_dim // 2]`` float32."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+@dataclass
+class AgentLLM:
+    """The ``llm.*`` part of an agent file, sorted (see :func:`read_agent_llm`).
+
+    ``weights``: LLaMA state-dict name -> tensor (peft wrappers unwrapped); ``lora``: module name ->
+    ``(A [r, in], B [out, r])``; ``scaling``: ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA);
+    ``skipped``: file keys not loaded (checked rotary buffers, peft's frozen originals)."""
+
+    weights: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict)
+    scaling: float | None = None
+    skipped: list = field(default_factory=list)
+
+    def merged(self, current: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``weights`` plus each LoRA module merged: ``W + (B @ A) * scaling`` in float32, where ``W`` is the
+        file's ``base_layer`` weight or else ``current(name)`` (the LLM folder's)."""
+        out = dict(self.weights)
+        for module, (a, b) in self.lora.items():
+            name = module + ".weight"
+            w = out[name] if name in out else current(name)
+            out[name] = w.float().cpu() + (b.float() @ a.float()) * self.scaling
+        return out
+
+
+def _lora_scaling(path: Path, ranks: set[int]) -> float:
+    cfg_file = path.parent / ADAPTER_CONFIG
+    if not cfg_file.is_file():
+        raise ValueError(f"{path} holds LoRA weights (lora_A / lora_B, from training with llm_seed_x_lora.yaml) "
+                         f"and there is no {cfg_file} to say their scaling: {_MERGE_HINT}")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: needs numbers 'r' and 'lora_alpha' ({e})") from None
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError(f"{cfg_file}: per-module rank_pattern / alpha_pattern are not supported: {_MERGE_HINT}")
+    if ranks != {r}:
+        raise ValueError(f"{cfg_file} says r={r} but the LoRA weights in {path} have rank(s) {sorted(ranks)}")
+    return alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+
+
+def read_agent_llm(state: Mapping[str, torch.Tensor], path, llm_shapes: Mapping[str, torch.Size], head_dim: int,
+                   rope_theta: float) -> AgentLLM:
+    """Sort an agent file's ``llm.*`` keys as the published loader would use them, checking everything.
+
+    * ``llm.<LLaMA name>`` (a file saved from the whole agent): a weight of the LLM; it overwrites the
+      LLM folder's, as in the published load order (the folder is loaded first, the agent on top);
+    * ``…rotary_emb.inv_freq`` (the published LLaMA class keeps one per layer as a persistent buffer):
+      skipped, as transformers recomputes it — but compared with ``1 / theta^(2i/d)`` first;
+    * peft names (``llm.base_model.model.…``, ``base_layer``, ``lora_A/B``, ``modules_to_save``,
+      ``original_module``): unwrapped; LoRA pairs are merged later with the ``adapter_config.json`` found
+      next to the file (without it: an error that says how to merge them with peft).
+
+    Anything else, a shape that does not fit, or a mismatched ``inv_freq`` is a ``ValueError`` naming the
+    key and ``path``."""
+    path = Path(path)
+    out, unknown, bad, adapters = AgentLLM(), [], [], set()
+    lora: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        if not key.startswith("llm."):
+            continue
+        name = key[len("llm."):]
+        name = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+        if name.endswith("rotary_emb.inv_freq"):
+            want = rope_inv_freq(head_dim, rope_theta)
+            tol = torch.finfo(value.dtype).eps if value.is_floating_point() else 0.0
+            if tuple(value.shape) != tuple(want.shape) or not torch.allclose(value.float(), want, rtol=2 * tol, atol=0):
+                raise ValueError(f"{path}: {key} does not hold the rotary frequencies of this LLM "
+                                 f"(head_dim {head_dim}, rope_theta {rope_theta:g}): file {tuple(value.shape)} "
+                                 f"starting {value.flatten()[:3].tolist()}, recomputed {tuple(want.shape)} "
+                                 f"starting {want[:3].tolist()}")
+            out.skipped.append(key)
+            continue
+        if m := _LORA.match(name):
+            lora.setdefault(m["module"], {})[m["ab"]] = (key, value)
+            adapters.add(m["adapter"])
+            continue
+        if _ORIGINAL.match(name):
+            out.skipped.append(key)
+            continue
+        if m := _SAVED.match(name):
+            name = f"{m['module']}.{m['param']}"
+            adapters.add(m["adapter"])
+        elif m := _BASE.match(name):
+            name = f"{m['module']}.{m['param']}"
+        if name not in llm_shapes:
+            unknown.append(key)
+        elif tuple(value.shape) != tuple(llm_shapes[name]):
+            bad.append(f"{key}: file {tuple(value.shape)} vs model {tuple(llm_shapes[name])}")
+        elif name in out.weights:
+            raise ValueError(f"{path}: two keys give the LLM weight {name} (one is {key})")
+        else:
+            out.weights[name] = value
+    for module, pair in lora.items():
+        target = llm_shapes.get(module + ".weight")
+        if set(pair) != {"A", "B"} or target is None:
+            unknown += [k for k, _ in pair.values()]
+            continue
+        (ka, a), (kb, b) = pair["A"], pair["B"]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(target):
+            bad.append(f"{ka} {tuple(a.shape)} and {kb} {tuple(b.shape)} do not make a delta of "
+                       f"{module}.weight {tuple(target)}")
+        out.lora[module] = (a, b)
+    if unknown:
+        hint = f" (it holds LoRA weights: {_MERGE_HINT})" if lora else ""
+        raise ValueError(f"{path}: unexpected {len(unknown)} key(s) {_show(sorted(unknown))}: not a weight of the "
+                         f"LLM (LlamaForCausalLM), its rotary inv_freq buffer, or a peft/LoRA name of one{hint}")
+    if bad:
+        raise ValueError(f"{path}: shape mismatch for {len(bad)} LLM key(s): " + "; ".join(bad[:6]))
+    if len(adapters) > 1:
+        raise ValueError(f"{path}: weights of {len(adapters)} peft adapters {sorted(adapters)}; merge one first: {_MERGE_HINT}")
+    if out.lora:
+        out.scaling = _lora_scaling(path, {a.shape[0] for a, _ in out.lora.values()})
+    return out
+
+
+def _check_agent(state, path, configs: PublishedConfigs, token_ids, llm_config: LLMConfig) -> AgentLLM:
+    """Keys/shapes of the agent file against a meta-built ContinuousLVLM, and its ``llm.*`` keys against
+    the LLM (:func:`read_agent_llm`)."""
     from ..lvlm import build_llm
 
     own = _build_agent(nn.Identity(), token_ids, configs, "meta")
-    expected = _shapes(own)
-    llm_keys = [k for k in state if k.startswith("llm.")]
-    optional = {}
-    if llm_keys:
-        optional = {"llm." + k: s for k, s in _shapes(build_llm(llm_config, device="meta")).items()}
-    try:
-        check_state_dict(state, expected, path, "the agent (ContinuousLVLM: input_resampler, output_resampler, "
-                         "patch_pos_embed; llm.* allowed)", optional)
-    except ValueError as e:
-        if any("lora_" in k for k in state):
-            raise ValueError(f"{e}. The file holds LoRA weights (from training with llm_seed_x_lora.yaml): merge "
-                             "them into the LLM folder first (peft's merge_and_unload) and keep only the "
-                             "resamplers and patch_pos_embed here") from None
-        raise
+    check_state_dict({k: v for k, v in state.items() if not k.startswith("llm.")}, _shapes(own), path,
+                     "the agent (ContinuousLVLM: input_resampler, output_resampler, patch_pos_embed; llm.* allowed)")
+    if not any(k.startswith("llm.") for k in state):
+        return AgentLLM()
+    c = llm_config
+    return read_agent_llm(state, path, _shapes(build_llm(c, device="meta")), c.hidden_size // c.num_attention_heads,
+                          c.rope_theta)
+
+
+def _rope_of(llm) -> tuple[int, float]:
+    """(head_dim, rope_theta) of a transformers LLaMA (transformers 5 keeps theta in ``rope_parameters``)."""
+    cfg = llm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return int(head_dim), float(theta)
 
 
 def load_agent(path, llm, token_ids: T.ImageTokenIds, configs: PublishedConfigs | None = None, device="cpu",
                dtype=torch.float32, state: Mapping[str, torch.Tensor] | None = None) -> ContinuousLVLM:
     """``agent/pytorch_model.bin`` + an already loaded LLM -> :class:`ContinuousLVLM`.
 
-    ``llm.*`` keys in the file overwrite the LLM's weights in place (on the device each already sits on).
-    """
+    ``llm.*`` keys (a file saved from the whole agent, or from the LoRA training recipe) go into the LLM
+    in place, on the device each weight already sits on, after :func:`read_agent_llm` has sorted them:
+    plain weights overwrite the LLM folder's, LoRA pairs are merged into them, rotary buffers are checked
+    and skipped."""
     configs = configs or PublishedConfigs.published()
+    path = Path(path)
     state = read_state_dict(path) if state is None else state
-    llm_state = _sub(state, "llm.")
     own_state = {k: v for k, v in state.items() if not k.startswith("llm.")}
     lvlm = _build_agent(llm, token_ids, configs, "meta")
-    optional = {"llm." + k: s for k, s in _shapes(llm).items()} if llm_state else None
-    check_state_dict(state, {k: s for k, s in _shapes(lvlm).items() if not k.startswith("llm.")}, path,
-                     "the agent (ContinuousLVLM: input_resampler, output_resampler, patch_pos_embed; llm.* allowed)",
-                     optional)
+    check_state_dict(own_state, {k: s for k, s in _shapes(lvlm).items() if not k.startswith("llm.")}, path,
+                     "the agent (ContinuousLVLM: input_resampler, output_resampler, patch_pos_embed; llm.* allowed)")
+    part = read_agent_llm(state, path, _shapes(llm), *_rope_of(llm))
+
+    def current(name):
+        w = llm.get_parameter(name)
+        if w.is_meta:
+            raise ValueError(f"{path}: cannot merge LoRA weights into {name}: that weight is offloaded "
+                             "(device_map put it off the GPU/CPU)")
+        return w.detach()
+
     _materialise(lvlm, own_state, device, dtype)
-    _overlay(llm, llm_state, path)
+    _overlay(llm, part.merged(current), path)
     _assert_materialised(lvlm, str(path), skip="llm.")
     return lvlm.eval()
 
@@ -707,7 +874,8 @@ def load_published(root=None, device=None, dtype=None, device_map=None, variant:
                          rec_loss_scale=a.get("rec_loss_scale", 6.0),
                          num_inference_steps=p.get("num_inference_steps", 50), guidance_scale=p.get("guidance_scale", 7.5),
                          input_locality=lvlm.input_resampler.config.locality,
-                         input_local_heads=lvlm.input_resampler.config.local_heads)
+                         input_local_heads=lvlm.input_resampler.config.local_heads,
+                         negative=p.get("negative", "vit_zero_image"))
     say("done")
     return SeedX(config, tok, vit=vit, lvlm=lvlm, detok=detok).eval()
 
@@ -819,7 +987,10 @@ def published_prompt(variant: str, task: str, text: str, image_tokens: str = "")
 @torch.no_grad()
 def published_negative_features(model: SeedX) -> torch.Tensor:
     """The de-tokenizer's unconditional input as published: ViT features of an all-zero (normalised)
-    image, 1-D pooled 256 -> 64 (``SDXLAdapter.get_image_embeds`` with ``vit_down``). ``[1, 64, D]``."""
+    image, 1-D pooled 256 -> 64 (``SDXLAdapter.get_image_embeds`` with ``vit_down``). ``[1, 64, D]``.
+
+    Computed afresh, whatever ``model.config.negative`` says; a model loaded by :func:`load_published`
+    uses it by default (``config.negative == "vit_zero_image"``, cached: :meth:`SeedX.negative_features`)."""
     s = model.config.vit.image_size
     zeros = torch.zeros(1, 3, s, s, device=model.device, dtype=model.dtype)
     return pool_targets(model.vit(zeros), "1d", model.lvlm.num_img_tokens)
