@@ -607,8 +607,9 @@ def read_agent_llm(state: Mapping[str, torch.Tensor], path, llm_shapes: Mapping[
       next to the file (without it: an error that says how to merge them with peft).
 
     Anything else, a shape that does not fit, or a mismatched ``inv_freq`` is a ``ValueError`` naming the
-    key and ``path``."""
+    key and ``path``. ``llm_shapes``: name -> shape (or a tensor, whose shape is used)."""
     path = Path(path)
+    llm_shapes = {k: torch.Size(getattr(v, "shape", v)) for k, v in llm_shapes.items()}
     out, unknown, bad, adapters = AgentLLM(), [], [], set()
     lora: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, value in state.items():
