@@ -116,6 +116,7 @@ class Trainer:
                  t0: float | None = None, remote=None):
         if lane is not None and lane not in LANES:
             raise ValueError(f"lane must be one of {', '.join(LANES)}, got {lane!r}")
+        self.started = time.time()                   # wall time of the run is counted from here
         self.cfg, self.lane, self.remote = cfg, lane, remote
         self.work = Path(cfg.work)
         self.lock = None
@@ -547,11 +548,14 @@ class Trainer:
         self.model.eval()
         self.log.close()
         minutes = (time.time() - t0) / 60
+        threads = self.cfg.threads or torch.get_num_threads()
         out = Path(self.cfg.out)
         log_text = (self.work / "train_log.csv").read_text()
         self.model.save(out, extra_files={"train_log.csv": log_text,
                                           "train_config.json": json.dumps(asdict(self.cfg), indent=2)})
-        print(f"saved {out} after {minutes:.1f} min of training in this run")
+        wall = (time.time() - self.started) / 60
+        print(f"saved {out} after {minutes:.1f} min of training in this run; wall time {wall:.1f} min "
+              f"from start to saved checkpoint ({threads} threads, {os.cpu_count()} CPUs visible)")
         return out
 
 
