@@ -18,8 +18,14 @@ plus the ``vae`` and the ``scheduler`` it is run with.  The unconditional
 branch of classifier-free guidance is the same resampler fed "null"
 features: SEED-X uses the ViT features of an all-zero image tensor; here the
 default is all-zero features (pass ``negative_features`` to change it), and
-``training_loss`` can drop the condition to zeros (``cond_drop_prob``) so the
+the denoising loss can drop the condition to zeros (``cond_drop_prob``) so the
 tiny model learns that branch.
+
+``Detokenizer.sample`` is a diffusers-style loop over ``scheduler.timesteps``
+(:meth:`~Detokenizer.prepare_conditions`, :meth:`~Detokenizer.prepare_latents`,
+then per step :meth:`~Detokenizer.predict_noise`, ``scheduler.step`` and the
+step-end callbacks); the training losses are in
+:mod:`seedx_lab.training.detok_losses`.
 
 Facts read from AILab-CVC/SEED-X (commit 24c865b):
 
@@ -73,7 +79,7 @@ the normed latents [B, Q, D].
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -158,6 +164,10 @@ TINY_SCHEDULER_CONFIG = dict(SDXL_SCHEDULER_CONFIG, rescale_betas_zero_snr=True,
 
 NUM_TIME_IDS = 6  # (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
 
+#: what a step callback can be given after each denoising step, each [B, C, h, w]: the latents after the
+#: step, the (guided) UNet output and the scheduler's prediction of the clean latents
+STEP_TENSORS = ("latents", "noise_pred", "pred_original_sample")
+
 
 # -----------------------------------------------------------------------------
 # config
@@ -191,7 +201,7 @@ class DetokenizerConfig:
     image_size: int = 1024
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
-    cond_drop_prob: float = 0.0  # training_loss: chance to replace a sample's features with zeros
+    cond_drop_prob: float = 0.0  # denoising loss: chance to replace a sample's features with zeros
 
     def __post_init__(self):
         for name in ("embedding_dim", "dim", "depth", "dim_head", "heads", "num_queries",
@@ -435,16 +445,6 @@ class ResamplerXLV2(nn.Module):
 # the de-tokenizer
 
 
-def foreground_mask(images: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
-    """``[B, 1, H, W]`` float mask of pixels whose colour differs from the image's background by more
-    than ``threshold`` (summed absolute difference over RGB, images in [-1, 1]). The background is
-    the per-channel median of the border pixels, which holds for the plain backgrounds of the shape
-    world and is a rough guess elsewhere."""
-    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=-1)  # [B, 3, 2H+2W]
-    background = border.median(dim=-1).values[:, :, None, None]  # [B, 3, 1, 1]
-    return ((images - background).abs().sum(1, keepdim=True) > threshold).to(images.dtype)
-
-
 def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
     """Normal noise drawn on the generator's device (so a CPU seed gives the
     same numbers whatever device the model is on), then moved."""
@@ -469,6 +469,8 @@ class Detokenizer(nn.Module):
             self.unet.to(dtype=dtype)
             self.vae.to(dtype=dtype)
         self.scheduler = EulerDiscreteScheduler(**config.scheduler)
+        # step callbacks called by every sample() (a trace registers here); see watching_steps
+        self.step_callbacks: list = []
 
     # -- small helpers ------------------------------------------------------
 
@@ -526,14 +528,7 @@ class Detokenizer(nn.Module):
         encoder_hidden_states, text_embeds = self.resampler(features.to(self.device, self.resampler.latents.dtype))
         return encoder_hidden_states, text_embeds, self.time_ids(features.shape[0], height, width)
 
-    # -- training -----------------------------------------------------------
-
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward diffusion q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise,
-        latents/noise [B, C, h, w], timesteps [B] (integers in [0, num_train_timesteps))."""
-        abar = self.scheduler.alphas_cumprod.to(latents.device)[timesteps.to(latents.device).long()]  # [B]
-        abar = abar.float().view(-1, 1, 1, 1)
-        return (abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise.float()).to(latents.dtype)
+    # -- images <-> latents --------------------------------------------------
 
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """images [B, 3, H, W] in [-1, 1] -> scaled latents [B, C, H/f, W/f] (no grad)."""
@@ -548,106 +543,6 @@ class Detokenizer(nn.Module):
         self._check_size(images.shape[2], images.shape[3])
         if batch is not None and images.shape[0] != batch:
             raise ValueError(f"images batch ({images.shape[0]}) does not match features batch ({batch})")
-
-    def training_loss(
-        self,
-        features: torch.Tensor,
-        images: torch.Tensor,
-        generator: torch.Generator | None = None,
-        cond_drop_prob: float | None = None,
-        latents: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Denoising MSE (against :meth:`training_target`) for features [B, N, embedding_dim] and
-        their images [B, 3, H, W] in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
-        ``latents``: already-encoded, scaled latents [B, C, h, w] (then ``images`` may be None).
-        ``timesteps``: the training timesteps [B] (default: uniform over the scheduler's)."""
-        self._check_features(features)
-        if latents is None:
-            self._check_images(images, batch=features.shape[0])
-            B, H, W = images.shape[0], images.shape[2], images.shape[3]
-        else:
-            B, f = latents.shape[0], self.vae_scale_factor
-            H, W = latents.shape[2] * f, latents.shape[3] * f
-        p = self.config.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
-        gen_device = generator.device if generator is not None else self.device
-
-        if latents is None:
-            latents = self.encode_images(images, generator)
-        latents = latents.to(self.dtype)  # [B, C, h, w]
-        noise = _randn(latents.shape, generator, self.device, self.dtype)  # [B, C, h, w]
-        T = self.scheduler.config.num_train_timesteps
-        if timesteps is None:
-            t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(self.device)  # [B]
-        else:
-            t = torch.as_tensor(timesteps, device=self.device).long().reshape(-1)
-            if t.shape[0] != B or bool((t < 0).any() or (t >= T).any()):
-                raise ValueError(f"timesteps must be {B} integers in [0, {T}), got {tuple(t.shape)} "
-                                 f"from {int(t.min())} to {int(t.max())}")
-        noisy = self.add_noise(latents, noise, t)  # [B, C, h, w]
-
-        if p > 0:  # condition dropout: learn the "zero features" branch used by guidance
-            keep = torch.rand(B, generator=generator, device=gen_device).to(self.device) >= p  # [B]
-            features = features * keep.view(B, 1, 1).to(features.dtype)
-
-        encoder_hidden_states, text_embeds, time_ids = self.encode_condition(features, H, W)
-        noise_pred = self.unet(
-            noisy, t, encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-        ).sample  # [B, C, h, w]
-        return F.mse_loss(noise_pred.float(), self.training_target(latents, noise, t).float())
-
-    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """What the UNet learns to predict, by the scheduler's ``prediction_type``: the noise
-        ("epsilon", SDXL), v = sqrt(abar) noise - sqrt(1 - abar) x_0 ("v_prediction") or x_0 ("sample");
-        latents/noise [B, C, h, w], timesteps [B]."""
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "sample":
-            return latents
-        if kind == "v_prediction":
-            abar = self.scheduler.alphas_cumprod.to(latents.device)[timesteps.to(latents.device).long()]
-            abar = abar.float().view(-1, 1, 1, 1)
-            return abar.sqrt() * noise.float() - (1 - abar).sqrt() * latents.float()
-        raise ValueError(f"unknown prediction_type {kind!r}")
-
-    def vae_loss(self, images: torch.Tensor, kl_weight: float = 1e-3, generator: torch.Generator | None = None,
-                 foreground_weight: float = 1.0, l1_weight: float = 0.0) -> torch.Tensor:
-        """Reconstruction error + kl_weight * KL(q(z|x) || N(0, I)) per latent element, for training
-        the tiny VAE; images [B, 3, H, W] in [-1, 1].
-
-        The error per pixel is ``(r - x)^2 + l1_weight * |r - x|``, averaged with weight
-        ``foreground_weight`` on pixels far from the image's background (see
-        :func:`foreground_mask`) and 1 elsewhere. With the defaults (1, 0) it is plain MSE. Flat
-        pictures are mostly background; without the weight the VAE learns the background first and
-        shifts the hue of small objects (red drifting to purple). The L1 term keeps flat colours
-        saturated."""
-        self._check_images(images)
-        if foreground_weight <= 0 or l1_weight < 0:
-            raise ValueError(f"foreground_weight must be > 0 and l1_weight >= 0, got {foreground_weight}, {l1_weight}")
-        images = images.to(self.device, self.vae.dtype)
-        posterior = self.vae.encode(images).latent_dist
-        z = posterior.sample(generator)  # [B, C, h, w]
-        diff = self.vae.decode(z).sample.float() - images.float()  # [B, 3, H, W]
-        err = diff ** 2 + l1_weight * diff.abs() if l1_weight else diff ** 2
-        if foreground_weight != 1.0:
-            w = 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())  # [B, 1, H, W]
-            rec = (err * w).mean() / w.mean()
-        else:
-            rec = err.mean()
-        kl = posterior.kl().float().mean() / z[0].numel()
-        return rec + kl_weight * kl
-
-    @torch.no_grad()
-    def calibrate_scaling_factor(self, images: torch.Tensor) -> float:
-        """Set ``vae.config.scaling_factor`` = 1 / std of the latents of ``images``
-        (how SD chose 0.18215 / SDXL 0.13025) and return it."""
-        self._check_images(images)
-        z = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean
-        factor = float(1.0 / z.float().std())
-        self.vae.register_to_config(scaling_factor=factor)
-        return factor
 
     # -- sampling -----------------------------------------------------------
 
@@ -670,15 +565,23 @@ class Detokenizer(nn.Module):
         width: int | None = None,
         negative_features: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ):
         """features [B, N, embedding_dim] -> images.
 
         ``output_type``: "pil" (list of PIL images), "pt" ([B, 3, H, W] in [0, 1])
         or "latent" ([B, C, H/f, W/f]).  ``guidance_scale > 1`` runs an
         unconditional branch on ``negative_features`` (default: zeros).
-        ``callback(step_index, timestep, latents, noise_pred)`` runs after each step.
         ``latents``: optional unit-variance starting noise [B, C, H/f, W/f]
         (scaled by ``scheduler.init_noise_sigma``, as diffusers pipelines do).
+
+        After each step, as in diffusers pipelines, ``callback_on_step_end(detok, step_index, timestep,
+        callback_kwargs)`` gets the tensors named in ``callback_on_step_end_tensor_inputs`` (any of
+        :data:`STEP_TENSORS`) and may return a dict whose ``"latents"`` replace the latents; the older
+        ``callback(step_index, timestep, latents, noise_pred)`` only looks. Callbacks in
+        ``self.step_callbacks`` (see :meth:`watching_steps`) run first, on every call, with all of
+        :data:`STEP_TENSORS`.
         """
         self._check_features(features)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -686,53 +589,88 @@ class Detokenizer(nn.Module):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if output_type not in ("pil", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(STEP_TENSORS)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {STEP_TENSORS}, got {sorted(unknown)}")
         height = self.config.image_size if height is None else height
         width = self.config.image_size if width is None else width
         self._check_size(height, width)
-        B, device, dtype = features.shape[0], self.device, self.dtype
-        do_cfg = guidance_scale > 1.0
 
-        # 1. conditions: [uncond; cond] stacked on the batch when guiding
-        ehs, pooled, time_ids = self.encode_condition(features.to(device), height, width)
-        if do_cfg:
+        cond = self.prepare_conditions(features, height, width, guidance_scale, negative_features)
+        self.scheduler.set_timesteps(steps, device=self.device)
+        latents = self.prepare_latents(features.shape[0], height, width, generator, latents)
+        step_end = [(fn, STEP_TENSORS) for fn in self.step_callbacks]
+        if callback_on_step_end is not None:
+            step_end.append((callback_on_step_end, tuple(callback_on_step_end_tensor_inputs)))
+        for i, t in enumerate(self.scheduler.timesteps):
+            noise_pred = self.predict_noise(latents, t, cond, guidance_scale)        # [B, C, h, w]
+            out = self.scheduler.step(noise_pred, t, latents, generator=generator)
+            latents = out.prev_sample                                                 # [B, C, h, w]
+            tensors = {"latents": latents, "noise_pred": noise_pred, "pred_original_sample": out.pred_original_sample}
+            for fn, names in step_end:
+                returned = fn(self, i, t, {k: tensors[k] for k in names})
+                if returned and "latents" in returned:
+                    latents = tensors["latents"] = returned["latents"]
+            if callback is not None:
+                callback(i, t, latents, noise_pred)
+
+        if output_type == "latent":
+            return latents
+        images = self.decode_latents(latents)  # [B, 3, H, W] in [0, 1]
+        return images if output_type == "pt" else _to_pil(images)
+
+    def prepare_conditions(self, features: torch.Tensor, height: int, width: int, guidance_scale: float = 1.0,
+                           negative_features: torch.Tensor | None = None) -> dict:
+        """The UNet's conditions for features ``[B, N, embedding_dim]``: ``encoder_hidden_states
+        [B', Q, cross_attention_dim]``, ``text_embeds [B', pooled_dim]``, ``time_ids [B', 6]`` with
+        ``B' = 2B`` (unconditional rows first, on ``negative_features``, default zeros) when
+        ``guidance_scale > 1``, else ``B' = B``."""
+        ehs, pooled, time_ids = self.encode_condition(features.to(self.device), height, width)
+        if guidance_scale > 1.0:
             if negative_features is None:
                 negative_features = torch.zeros_like(features)
             if negative_features.shape != features.shape:
                 raise ValueError(
                     f"negative_features shape {tuple(negative_features.shape)} must equal features shape {tuple(features.shape)}"
                 )
-            ehs_u, pooled_u, _ = self.encode_condition(negative_features.to(device), height, width)
+            ehs_u, pooled_u, _ = self.encode_condition(negative_features.to(self.device), height, width)
             ehs, pooled, time_ids = torch.cat([ehs_u, ehs]), torch.cat([pooled_u, pooled]), torch.cat([time_ids, time_ids])
-        added = {"text_embeds": pooled, "time_ids": time_ids}
+        return {"encoder_hidden_states": ehs, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
-        # 2. timesteps, then initial noise scaled to the first sigma
-        self.scheduler.set_timesteps(steps, device=device)
-        shape = (B, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    def prepare_latents(self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Starting latents ``[batch, C, height/f, width/f]``: unit noise (drawn on the generator's device,
+        or the given ``latents``) times the scheduler's ``init_noise_sigma`` (Euler: sqrt(sigma_max^2 + 1));
+        call after ``scheduler.set_timesteps``."""
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            latents = _randn(shape, generator, device, dtype)  # unit noise [B, C, h, w]
+            latents = _randn(shape, generator, self.device, self.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma  # Euler: sqrt(sigma_max^2 + 1)
+        return latents.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
 
-        # 3. denoising loop
-        for i, t in enumerate(self.scheduler.timesteps):
-            model_in = torch.cat([latents, latents]) if do_cfg else latents  # [B or 2B, C, h, w]
-            model_in = self.scheduler.scale_model_input(model_in, t)  # x / sqrt(sigma^2 + 1)
-            noise_pred = self.unet(model_in, t, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
-            if do_cfg:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)  # [B, C, h, w]
-            latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
-            if callback is not None:
-                callback(i, t, latents, noise_pred)
+    def predict_noise(self, latents: torch.Tensor, t, cond: dict, guidance_scale: float = 1.0) -> torch.Tensor:
+        """The UNet's (guided) prediction ``[B, C, h, w]`` at timestep ``t`` for latents ``[B, C, h, w]`` and
+        the conditions of :meth:`prepare_conditions`: ``uncond + guidance_scale * (cond - uncond)`` when
+        guiding. (Named as diffusers name it; with v-prediction it is the predicted velocity.)"""
+        guided = guidance_scale > 1.0
+        model_in = torch.cat([latents, latents]) if guided else latents        # [B or 2B, C, h, w]
+        model_in = self.scheduler.scale_model_input(model_in, t)                # x / sqrt(sigma^2 + 1)
+        pred = self.unet(model_in, t, **cond).sample
+        if guided:
+            uncond, cond_pred = pred.chunk(2)
+            pred = uncond + guidance_scale * (cond_pred - uncond)
+        return pred
 
-        # 4. decode
-        if output_type == "latent":
-            return latents
-        images = self.decode_latents(latents)  # [B, 3, H, W] in [0, 1]
-        if output_type == "pt":
-            return images
-        return _to_pil(images)
+    @contextmanager
+    def watching_steps(self, fn: Callable):
+        """Within the block, every :meth:`sample` calls ``fn(detok, step_index, timestep, tensors)`` after
+        each denoising step, ``tensors`` holding all of :data:`STEP_TENSORS` (how a trace sees the loop)."""
+        self.step_callbacks.append(fn)
+        try:
+            yield fn
+        finally:
+            self.step_callbacks.remove(fn)
 
 
 def _to_pil(images: torch.Tensor):

@@ -76,25 +76,26 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
         state = load_file(str(d / "model.safetensors"))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{d / 'model.safetensors'} could not be read (truncated or corrupt?): {e}") from None
+    weights = d / "model.safetensors"
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{d / 'model.safetensors'}: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}, "
-                         f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
+    # torch copies integers or booleans into float parameters without a word: refuse those first
+    bad = [f"{k}: file {v.dtype} vs model {expected[k].dtype}" for k, v in state.items() if k in expected and
+           (v.is_floating_point() != expected[k].is_floating_point() or (v.dtype == torch.bool) != (expected[k].dtype == torch.bool))]
     if bad:
-        raise ValueError(f"{d / 'model.safetensors'}: shape mismatch for " + "; ".join(bad[:5]))
-    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
-           if state[k].is_floating_point() != v.is_floating_point() or (state[k].dtype == torch.bool) != (v.dtype == torch.bool)]
-    if bad:
-        raise ValueError(f"{d / 'model.safetensors'}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
+        raise ValueError(f"{weights}: wrong kind of dtype (float vs integer) for " + "; ".join(bad[:5]))
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:                        # NaN weights would make every output empty or black, silently
-        raise ValueError(f"{d / 'model.safetensors'}: NaN or infinite values in {len(bad)} tensor(s): "
+        raise ValueError(f"{weights}: NaN or infinite values in {len(bad)} tensor(s): "
                          + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
-    model.load_state_dict(state)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:        # torch's own report: one "size mismatch for <key>: ..." line per key
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        raise ValueError(f"{weights}: " + "; ".join(lines[:5]) + (" …" if len(lines) > 5 else "")) from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys     # what strict=True would refuse
+    if missing or unexpected:
+        raise ValueError(f"{weights}: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+                         f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
     model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
     return model.eval()

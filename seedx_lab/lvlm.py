@@ -134,6 +134,45 @@ class GenerateOutput:
         return self.sequences[:, self.prompt_length:]
 
 
+@dataclass
+class _Decoding:
+    """What :meth:`ContinuousLVLM.generate` carries from one step to the next (B rows)."""
+
+    cache: object                            # the LLM's KV cache
+    mask: torch.Tensor                       # [B, positions so far] 1 = real token
+    logits: torch.Tensor                     # [B, V] float, predicting each row's next token
+    next_pos: torch.Tensor                   # [B] position id of each row's next token
+    seq: torch.Tensor                        # [B, T + slots fed] with padding slots of ragged chunks
+    rows: list                               # per row: its real tokens so far (prompt padding included)
+    count: list                              # per row: new tokens so far
+    done: list                               # per row: finished
+    n_prompt_boi: list                       # per row: <img> already in the prompt
+    pad_token_id: int = 0
+    pending: list = field(default_factory=list)       # per row: a forced block still to feed
+    fed_hidden: list = field(default_factory=list)    # [B, L, llm_dim] per fed chunk
+    fed_valid: list = field(default_factory=list)     # [B, L] bool per fed chunk
+    ragged: bool = False                     # seq holds padding slots
+
+
+def sampling_warpers(temperature: float = 1.0, top_p: float = 1.0):
+    """transformers' ``LogitsProcessorList`` that :meth:`ContinuousLVLM.generate` samples through
+    (``do_sample=True``): ``TemperatureLogitsWarper`` (scores / temperature) unless the temperature is 1,
+    then ``TopPLogitsWarper`` (keep the smallest set of tokens whose probability reaches ``top_p``)
+    unless ``top_p`` is 1. Scores ``[B, V]`` in, scores ``[B, V]`` out (dropped tokens at -inf)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be a number in [0, 1], got {top_p!r}")
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(float(temperature)))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(float(top_p)))
+    return warpers
+
+
 class ContinuousLVLM(nn.Module):
     """LLM + input resampler + output resampler (+ the tile-position matrix ``patch_pos_embed``)."""
 
@@ -240,11 +279,12 @@ class ContinuousLVLM(nn.Module):
                  generator: torch.Generator | None = None, logits_processor=None, processor_mode: str = "faithful",
                  eos_token_id: int | None = None, pad_token_id: int = 0,
                  fast_forced_block: bool = True, max_blocks: int | None = None) -> GenerateOutput:
-        """Decode up to ``max_new_tokens`` tokens for each row of a (left-padded) batch.
+        """Decode up to ``max_new_tokens`` tokens for each row of a (left-padded) batch ``input_ids [B, T]``.
 
         ``logits_processor``: a list of processors, or None for one
         ``AutoImageTokenGenerationProcessor(mode=processor_mode)``. ``do_sample=False`` is greedy
-        (published behaviour); ``do_sample=True`` samples with ``temperature`` and ``top_p``.
+        (published behaviour); ``do_sample=True`` samples after transformers' ``TemperatureLogitsWarper``
+        and ``TopPLogitsWarper`` (:func:`sampling_warpers`).
 
         ``fast_forced_block``: when a row has just produced ``<img>`` (or its prompt ends in it), the
         whole block ``<img_00000>…<img_00063></img>`` is known in advance, so it is fed in one forward
@@ -253,21 +293,25 @@ class ContinuousLVLM(nn.Module):
         are not in a block feed their one token in the same pass, padded and masked. The processors are
         not asked about the forced tokens on this path, but recording ones (``record=True``, or a trace
         capturing ``processor.decisions``) are shown the logits that predicted each forced token and log
-        the same decisions as on the step-by-step path (:meth:`record_forced`).
+        the same decisions as on the step-by-step path (:meth:`_record_forced`).
         ``max_blocks``: once a row has opened that many image blocks, ``<img>`` is banned for it.
 
-        Observers in ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace`) get
-        ``on_generate(processors)`` before decoding starts.
+        One step of the loop: :meth:`_choose_next` picks a token per row from the last logits,
+        :meth:`_next_chunks` turns it into what each row feeds (one token, or ``<img>`` with its forced
+        block), :meth:`_feed` runs those chunks through the LLM over the KV cache; :meth:`_prefill` is the
+        prompt's pass and :meth:`_collect` assembles the output. Observers in
+        ``self.generation_observers`` (e.g. a :func:`seedx_lab.trace`) get ``on_generate(processors)``
+        before decoding starts.
         """
         from .generation import AutoImageTokenGenerationProcessor
 
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
-        device = input_ids.device
-        mask = attention_mask.to(device=device, dtype=torch.long) if attention_mask is not None \
+        mask = attention_mask.to(device=input_ids.device, dtype=torch.long) if attention_mask is not None \
             else torch.ones_like(input_ids)
         self.check_prompt_fits(input_ids, max_new_tokens, mask)
+        warpers = sampling_warpers(temperature, top_p) if do_sample else None
         if logits_processor is None:
             logits_processor = [AutoImageTokenGenerationProcessor(token_ids=self.token_ids,
                                                                   num_img_gen_tokens=self.num_img_tokens,
@@ -276,18 +320,35 @@ class ContinuousLVLM(nn.Module):
             for p in logits_processor:
                 if getattr(p, "max_length", "absent") is None:
                     p.max_length = T + max_new_tokens
-        observers = list(getattr(self, "generation_observers", ()))
-        for obs in observers:
+        for obs in list(getattr(self, "generation_observers", ())):
             obs.on_generate(logits_processor)
-        block = self.token_ids.generation_block()                                  # 64 img ids + </img>
+        # sampling inside a faithful block may leave it, so that path decodes the block step by step
         forced_ok = fast_forced_block and (not do_sample or processor_mode == "strict")
+        recorders = [p for p in logits_processor if getattr(p, "record", False) and hasattr(p, "record_forced")]
+        s = self._prefill(input_ids, mask, image_features, ids_cmp_mask, patch_positions, max_new_tokens,
+                          forced_ok, recorders, max_blocks, pad_token_id)
+        while not all(s.done):
+            chosen = self._choose_next(s, logits_processor, warpers, generator, max_blocks)
+            chunks = self._next_chunks(s, chosen, forced_ok, max_new_tokens)
+            self._feed(s, chunks, recorders, max_blocks, max_new_tokens, eos_token_id, pad_token_id)
+        return self._collect(s.seq, T, s.fed_hidden, s.fed_valid, pad_token_id)
 
+    def _prefill(self, input_ids, mask, image_features, ids_cmp_mask, patch_positions, max_new_tokens: int,
+                 forced_ok: bool, recorders, max_blocks, pad_token_id: int = 0) -> "_Decoding":
+        """The prompt's pass over ``input_ids [B, T]`` (``mask [B, T]``), filling a fresh KV cache.
+
+        When every row ends in ``<img>`` (and forced blocks are allowed) the block ``[L0]`` (64 image
+        tokens and ``</img>``, cut to ``max_new_tokens``) rides in the same pass; its hidden states
+        ``[B, L0, llm_dim]`` are the first fed chunk. Rows ending in ``<img>`` in a mixed batch get
+        their block as the first chunk instead (``pending``). Returns the decoding state, with the
+        logits ``[B, V]`` that predict each row's next token."""
         from transformers import DynamicCache
 
+        B, T = input_ids.shape
+        device = input_ids.device
+        block = self.token_ids.generation_block()                                  # 64 img ids + </img>
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        recorders = [p for p in logits_processor if getattr(p, "record", False) and hasattr(p, "record_forced")]
-        # a prompt whose every row ends in <img> gets its forced block in the same pass as the prompt
         merged = block[:max_new_tokens] if (forced_ok and bool((input_ids[:, -1] == self.token_ids.boi).all())
                                             and bool(mask[:, -1].all())) else []
         L0 = len(merged)
@@ -300,77 +361,95 @@ class ContinuousLVLM(nn.Module):
         embeds = self.embed(torch.cat([input_ids, first], dim=1), image_features, ids_cmp_mask, patch_positions)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **_cache_kw(self.llm, cache),
                        use_cache=True, output_hidden_states=True)
-        logits = out.logits[:, -1].float()                                          # [B, V]
-        next_pos = positions[:, -1] + 1                                             # [B]
-        seq = input_ids
-        fed_hidden: list[torch.Tensor] = []                                         # [B, L, D] per chunk
-        fed_valid: list[torch.Tensor] = []                                          # [B, L] bool per chunk
-        count = [0] * B                                                             # new tokens per row
-        done = [False] * B
-        rows = [r.tolist() for r in input_ids]                                       # real tokens per row
-        n_prompt_boi = [r.count(self.token_ids.boi) for r in rows]
+        rows = [r.tolist() for r in input_ids]
+        s = _Decoding(cache=cache, mask=mask, logits=out.logits[:, -1].float(), next_pos=positions[:, -1] + 1,
+                      seq=torch.cat([input_ids, first], dim=1), rows=rows, pad_token_id=pad_token_id, count=[0] * B, done=[False] * B,
+                      n_prompt_boi=[r.count(self.token_ids.boi) for r in rows])
         if merged:
-            fed_hidden.append(out.hidden_states[-1][:, T:])
-            fed_valid.append(torch.ones((B, L0), dtype=torch.bool, device=device))
+            s.fed_hidden.append(out.hidden_states[-1][:, T:])
+            s.fed_valid.append(torch.ones((B, L0), dtype=torch.bool, device=device))
             for b in range(B):       # token j of the block was predicted by the logits at T - 1 + j
-                self._record_forced(recorders, rows[b], merged, out.logits[b, T - 1: T - 1 + L0], b, 0,
+                self._record_forced(recorders, s.rows[b], merged, out.logits[b, T - 1: T - 1 + L0], b, 0,
                                     capped=max_blocks is not None and max_blocks <= 0)
-                rows[b].extend(merged)
-                count[b] = L0
-                done[b] = count[b] >= max_new_tokens
-        seq = torch.cat([seq, first], dim=1)
-        # (a batch where only some prompts end in <img>: those rows get their block as the first chunk)
-        pending = [list(block) if forced_ok and not merged and int(input_ids[b, -1]) == self.token_ids.boi else []
-                   for b in range(B)]
-        ragged = False                                                              # seq holds padding slots
-        while not all(done):
-            view = seq if not ragged else _left_pad(rows, pad_token_id, device)     # what processors read
-            if max_blocks is not None:
-                capped = torch.tensor([r.count(self.token_ids.boi) - n_prompt_boi[b] >= max_blocks
-                                       for b, r in enumerate(rows)], device=device)
-                logits[capped, self.token_ids.boi] = float("-inf")
-            sampled = self._pick(logits, view, logits_processor, do_sample, temperature, top_p, generator).tolist()
-            chunk: list[list[int]] = []
-            for b in range(B):
-                if done[b]:
-                    c = []
-                elif pending[b]:
-                    c = pending[b]
-                elif forced_ok and sampled[b] == self.token_ids.boi:
-                    c = [sampled[b]] + list(block)
-                else:
-                    c = [sampled[b]]
-                c = c[: max_new_tokens - count[b]]                                  # never past the budget
-                chunk.append(c)
-            pending = [[] for _ in range(B)]
-            L = max(len(c) for c in chunk)
-            ids = torch.full((B, L), pad_token_id, dtype=torch.long, device=device)
-            valid = torch.zeros((B, L), dtype=torch.bool, device=device)
-            for b, c in enumerate(chunk):
-                if c:
-                    ids[b, : len(c)] = torch.tensor(c, device=device)
-                    valid[b, : len(c)] = True
-            pos = next_pos[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
-            mask = torch.cat([mask, valid.long()], dim=1)
-            out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(ids), attention_mask=mask, position_ids=pos,
-                           **_cache_kw(self.llm, cache), use_cache=True, output_hidden_states=True)
-            last_idx = torch.tensor([max(len(c) - 1, 0) for c in chunk], device=device)
-            logits = out.logits[torch.arange(B, device=device), last_idx].float()
-            next_pos = next_pos + valid.long().sum(-1)
-            fed_hidden.append(out.hidden_states[-1])
-            fed_valid.append(valid)
-            seq = torch.cat([seq, ids], dim=1)
-            ragged = ragged or any(len(c) != L for c in chunk)
-            for b, c in enumerate(chunk):
-                if len(c) > 1:       # c[0] was chosen by the processors above; c[1:] were fed unasked
-                    opened = (rows[b] + c).count(self.token_ids.boi) - n_prompt_boi[b]
-                    self._record_forced(recorders, rows[b] + c[:1], c[1:], out.logits[b, : len(c) - 1], b, count[b] + 1,
-                                        capped=max_blocks is not None and opened >= max_blocks)
-                rows[b].extend(c)
-                count[b] += len(c)
-                if count[b] >= max_new_tokens or (eos_token_id is not None and eos_token_id in c):
-                    done[b] = True
-        return self._collect(seq, T, fed_hidden, fed_valid, pad_token_id)
+                s.rows[b].extend(merged)
+                s.count[b] = L0
+                s.done[b] = s.count[b] >= max_new_tokens
+        s.pending = [list(block) if forced_ok and not merged and int(input_ids[b, -1]) == self.token_ids.boi else []
+                     for b in range(B)]
+        return s
+
+    def _choose_next(self, s: "_Decoding", processors, warpers, generator, max_blocks) -> list[int]:
+        """One token id per row (``B``) from the last logits ``s.logits [B, V]``: ``<img>`` is banned for
+        rows that used up ``max_blocks``, the processors see the sequence so far ``[B, T + n]`` (real
+        tokens, left-padded), then greedy argmax, or (``warpers`` given) a draw from the softmax of the
+        warped scores."""
+        device = s.logits.device
+        logits = s.logits
+        view = s.seq if not s.ragged else _left_pad(s.rows, s.pad_token_id, device)              # what processors read
+        if max_blocks is not None:
+            capped = torch.tensor([r.count(self.token_ids.boi) - s.n_prompt_boi[b] >= max_blocks
+                                   for b, r in enumerate(s.rows)], device=device)
+            logits[capped, self.token_ids.boi] = float("-inf")
+        scores = logits
+        for p in processors:         # called from here so their warnings point into seedx_lab
+            scores = p(view, scores)
+        if warpers is None:
+            return scores.argmax(-1).tolist()
+        probs = warpers(view, scores).softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+
+    def _next_chunks(self, s: "_Decoding", chosen: list[int], forced_ok: bool, max_new_tokens: int) -> list[list[int]]:
+        """What each row feeds next: nothing once done, a pending forced block, ``<img>`` followed by its
+        forced block ``[65]`` (fast path), or the chosen token alone; never past ``max_new_tokens``."""
+        block = self.token_ids.generation_block()
+        chunks = []
+        for b, tok in enumerate(chosen):
+            if s.done[b]:
+                c = []
+            elif s.pending[b]:
+                c = s.pending[b]
+            elif forced_ok and tok == self.token_ids.boi:
+                c = [tok] + list(block)
+            else:
+                c = [tok]
+            chunks.append(c[: max_new_tokens - s.count[b]])
+        s.pending = [[] for _ in chosen]
+        return chunks
+
+    def _feed(self, s: "_Decoding", chunks: list[list[int]], recorders, max_blocks, max_new_tokens: int,
+              eos_token_id, pad_token_id: int) -> None:
+        """One LLM pass over the KV cache with the chunks right-padded to ``[B, L]`` (padding masked).
+        Keeps the last-layer hidden states ``[B, L, llm_dim]`` and which slots are real ``[B, L]``, and
+        leaves in ``s.logits [B, V]`` the logits after each row's last real token."""
+        B = len(chunks)
+        device = s.logits.device
+        L = max(len(c) for c in chunks)
+        ids = torch.full((B, L), pad_token_id, dtype=torch.long, device=device)
+        valid = torch.zeros((B, L), dtype=torch.bool, device=device)
+        for b, c in enumerate(chunks):
+            if c:
+                ids[b, : len(c)] = torch.tensor(c, device=device)
+                valid[b, : len(c)] = True
+        pos = s.next_pos[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
+        s.mask = torch.cat([s.mask, valid.long()], dim=1)
+        out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(ids), attention_mask=s.mask, position_ids=pos,
+                       **_cache_kw(self.llm, s.cache), use_cache=True, output_hidden_states=True)
+        last_idx = torch.tensor([max(len(c) - 1, 0) for c in chunks], device=device)
+        s.logits = out.logits[torch.arange(B, device=device), last_idx].float()
+        s.next_pos = s.next_pos + valid.long().sum(-1)
+        s.fed_hidden.append(out.hidden_states[-1])
+        s.fed_valid.append(valid)
+        s.seq = torch.cat([s.seq, ids], dim=1)
+        s.ragged = s.ragged or any(len(c) != L for c in chunks)
+        for b, c in enumerate(chunks):
+            if len(c) > 1:       # c[0] was chosen by the processors; c[1:] were fed unasked
+                opened = (s.rows[b] + c).count(self.token_ids.boi) - s.n_prompt_boi[b]
+                self._record_forced(recorders, s.rows[b] + c[:1], c[1:], out.logits[b, : len(c) - 1], b,
+                                    s.count[b] + 1, capped=max_blocks is not None and opened >= max_blocks)
+            s.rows[b].extend(c)
+            s.count[b] += len(c)
+            if s.count[b] >= max_new_tokens or (eos_token_id is not None and eos_token_id in c):
+                s.done[b] = True
 
     def _record_forced(self, recorders, before: list[int], forced: list[int], logits: torch.Tensor, row: int,
                        first_step: int, capped: bool = False) -> None:
@@ -417,24 +496,6 @@ class ContinuousLVLM(nn.Module):
         raise ValueError(f"{what}; with max_new_tokens={max_new_tokens} it needs {n + max_new_tokens} positions, "
                          f"more than the model's context of {ctx} (max_position_embeddings); lower max_new_tokens "
                          f"to at most {ctx - n} or shorten the prompt")
-
-    def _pick(self, logits, seq, processors, do_sample, temperature, top_p, generator):
-        scores = logits
-        for p in processors:
-            scores = p(seq, scores)
-        if not do_sample:
-            return scores.argmax(-1)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        scores = scores / temperature
-        if top_p < 1.0:
-            sorted_scores, idx = scores.sort(dim=-1, descending=True)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop = cum - sorted_scores.softmax(-1) > top_p                         # keep the smallest nucleus
-            sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-            scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
-        probs = scores.softmax(-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     def _collect(self, seq, T, fed_hidden, fed_valid, pad_token_id) -> GenerateOutput:
         B = seq.shape[0]

@@ -120,7 +120,17 @@ def instruction_prompt(instruction: str, image_tokens: str = "") -> str:
     return INSTRUCTION_TEMPLATE.format(instruction=image_tokens + instruction)
 
 
-_SPECIAL_TEXT = re.compile(r"</?img>|</?patch>|<img_\d+>")
+#: the text of an image token, ``<img_00012>`` (group 1: its index). Any number of digits, so that typed
+#: text with a malformed one (``<img_12>``) is caught too; the vocabulary spells them ``IMG_TOKEN``.
+IMG_TOKEN_RE = re.compile(r"<img_(\d+)>")
+_SPECIAL_TEXT = re.compile(rf"</?img>|</?patch>|{IMG_TOKEN_RE.pattern}")
+
+
+def image_token_index(token: str) -> int | None:
+    """``"<img_00012>"`` -> 12; None for any string that is not exactly one image token."""
+    m = IMG_TOKEN_RE.fullmatch(token)
+    return int(m.group(1)) if m else None
+
 
 
 def special_token_text(text: str, extra: Iterable[str] = ()) -> list[str]:

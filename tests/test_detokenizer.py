@@ -10,9 +10,10 @@ from seedx_lab.detokenizer import (
     Detokenizer,
     DetokenizerConfig,
     PerceiverAttention,
-    foreground_mask,
     ResamplerXLV2,
 )
+from seedx_lab.training import detok_losses as DL
+from seedx_lab.training.detok_losses import foreground_mask
 
 # diffusers' Euler scheduler trips a numpy-2 deprecation inside set_timesteps
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -230,6 +231,43 @@ def test_sample_shapes_and_callback(tiny, feats):
     assert lat.shape == (1, 4, 8, 12)
 
 
+def test_step_end_callbacks_see_the_scheduler_and_can_steer(tiny, feats):
+    """callback_on_step_end gets the tensors it names (x0 = the Euler step's own pred_original_sample),
+    its returned latents are the ones the loop continues from, and watching_steps sees every step."""
+    from diffusers import EulerDiscreteScheduler
+
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    seen, watched = [], []
+
+    def keep(detok, i, t, kw):
+        seen.append((i, float(t), {k: v.clone() for k, v in kw.items()}))
+
+    with tiny.watching_steps(lambda detok, i, t, kw: watched.append(sorted(kw))):
+        out = tiny.sample(feats, num_inference_steps=3, latents=z, output_type="latent", guidance_scale=2.0,
+                          callback_on_step_end=keep,
+                          callback_on_step_end_tensor_inputs=("latents", "noise_pred", "pred_original_sample"))
+    assert tiny.step_callbacks == [] and watched == [["latents", "noise_pred", "pred_original_sample"]] * 3
+    assert [s[0] for s in seen] == [0, 1, 2] and [s[1] for s in seen] == tiny.scheduler.timesteps.tolist()
+    torch.testing.assert_close(seen[-1][2]["latents"], out, rtol=0, atol=0)
+    # replay the steps on a fresh scheduler from the captured (latents, noise_pred): same x0 and latents
+    sched = EulerDiscreteScheduler.from_config(tiny.scheduler.config)
+    sched.set_timesteps(3)
+    lat = z * sched.init_noise_sigma
+    for i, t in enumerate(sched.timesteps):
+        step = sched.step(seen[i][2]["noise_pred"], t, lat)
+        torch.testing.assert_close(step.pred_original_sample, seen[i][2]["pred_original_sample"], rtol=0, atol=0)
+        lat = step.prev_sample
+        torch.testing.assert_close(lat, seen[i][2]["latents"], rtol=0, atol=0)
+
+    # a callback that returns latents steers the loop: zeroing them after the last step gives zero latents
+    zeroed = tiny.sample(feats, num_inference_steps=2, latents=z, output_type="latent",
+                         callback_on_step_end=lambda d, i, t, kw: {"latents": torch.zeros_like(kw["latents"])})
+    assert torch.equal(zeroed, torch.zeros_like(zeroed))
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs.*'sigmas'"):
+        tiny.sample(feats, num_inference_steps=1, callback_on_step_end=keep,
+                    callback_on_step_end_tensor_inputs=("latents", "sigmas"))
+
+
 def test_sample_reproducible(tiny, feats):
     run = lambda seed: tiny.sample(feats, num_inference_steps=2, output_type="latent",
                                    generator=torch.Generator().manual_seed(seed))
@@ -299,7 +337,12 @@ def test_add_noise_matches_ddpm(tiny):
         ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=SDXL_SCHEDULER_CONFIG["beta_start"],
                              beta_end=SDXL_SCHEDULER_CONFIG["beta_end"], beta_schedule="scaled_linear",
                              rescale_betas_zero_snr=zero_snr)
-        torch.testing.assert_close(d.add_noise(x, n, t), ddpm.add_noise(x, n, t), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(DL.add_noise(d, x, n, t), ddpm.add_noise(x, n, t), rtol=1e-5, atol=1e-5)
+    # the last timestep trains on the sampler's abar_T (2**-24 with a zero terminal SNR, where DDPM has 0)
+    assert torch.equal(DL.noise_schedule(tiny).alphas_cumprod, tiny.scheduler.alphas_cumprod)
+    assert float(tiny.scheduler.alphas_cumprod[-1]) == 2.0 ** -24
+    last = torch.tensor([999, 999, 999])
+    torch.testing.assert_close(DL.add_noise(tiny, x, n, last), 2.0 ** -12 * x + (1 - 2.0 ** -24) ** 0.5 * n)
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
@@ -315,7 +358,7 @@ def test_training_target_matches_diffusers(kind):
     x, n = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([0, 500, 998])
     want = {"epsilon": n, "sample": x, "v_prediction": ddpm.get_velocity(x, n, t)}[kind]
-    torch.testing.assert_close(d.training_target(x, n, t), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(DL.training_target(d, x, n, t), want, rtol=1e-5, atol=1e-5)
     if kind == "v_prediction":       # with a zero terminal SNR, the last step's target is -x_0 (nearly)
         assert not torch.allclose(want, n, atol=0.1)
 
@@ -324,7 +367,7 @@ def test_training_loss_gradients(feats):
     torch.manual_seed(0)
     d = Detokenizer(DetokenizerConfig.tiny())
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    loss = d.training_loss(feats, images, generator=torch.Generator().manual_seed(0))
+    loss = DL.denoising_loss(d, feats, images, generator=torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     for name in ("resampler.latents", "resampler.proj_in.weight", "resampler.layers.0.0.to_q.weight",
@@ -332,7 +375,7 @@ def test_training_loss_gradients(feats):
         g = d.get_parameter(name).grad
         assert g is not None and g.abs().sum() > 0, name
     assert all(p.grad is None for p in d.vae.parameters())  # the VAE stays frozen
-    again = d.training_loss(feats, images, generator=torch.Generator().manual_seed(0))
+    again = DL.denoising_loss(d, feats, images, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again.detach(), loss.detach())
 
 
@@ -342,32 +385,32 @@ def test_training_loss_at_given_timesteps_is_the_mse_against_the_target(feats):
     d = Detokenizer(DetokenizerConfig.tiny())
     lat = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([7, 900])
-    loss = d.training_loss(feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
+    loss = DL.denoising_loss(d, feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
                            cond_drop_prob=0.0, timesteps=t)
     noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))   # the first draw
     ehs, pooled, time_ids = d.encode_condition(feats, 64, 64)
-    pred = d.unet(d.add_noise(lat, noise, t), t, encoder_hidden_states=ehs,
+    pred = d.unet(DL.add_noise(d, lat, noise, t), t, encoder_hidden_states=ehs,
                   added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-    torch.testing.assert_close(loss, F.mse_loss(pred, d.training_target(lat, noise, t)))
-    other = d.training_loss(feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
+    torch.testing.assert_close(loss, F.mse_loss(pred, DL.training_target(d, lat, noise, t)))
+    other = DL.denoising_loss(d, feats, None, generator=torch.Generator().manual_seed(0), latents=lat,
                             cond_drop_prob=0.0, timesteps=torch.tensor([500, 500]))
     assert not torch.allclose(other, loss)
     with pytest.raises(ValueError, match=r"timesteps must be 2 integers in \[0, 1000\), got \(3,\)"):
-        d.training_loss(feats, None, latents=lat, timesteps=torch.tensor([1, 2, 3]))
+        DL.denoising_loss(d, feats, None, latents=lat, timesteps=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="from 0 to 1000"):
-        d.training_loss(feats, None, latents=lat, timesteps=torch.tensor([0, 1000]))
+        DL.denoising_loss(d, feats, None, latents=lat, timesteps=torch.tensor([0, 1000]))
 
 
 def test_vae_loss_and_scaling_factor():
     torch.manual_seed(0)
     d = Detokenizer(DetokenizerConfig.tiny())
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    loss = d.vae_loss(images, generator=torch.Generator().manual_seed(0))
+    loss = DL.vae_loss(d, images, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
     loss.backward()
     assert d.vae.encoder.conv_in.weight.grad.abs().sum() > 0
     assert d.vae.decoder.conv_out.weight.grad.abs().sum() > 0
-    factor = d.calibrate_scaling_factor(images)
+    factor = DL.calibrate_scaling_factor(d, images)
     assert d.vae.config.scaling_factor == factor
     with torch.no_grad():
         z = d.vae.encode(images).latent_dist.mean * factor
@@ -404,14 +447,14 @@ def test_vae_loss_weights_foreground_error():
         w[:, :, 20:36, 24:40] = 5.0
         want_weighted = (err * w).sum() / (w.sum() * 3) + 1e-3 * kl
         want_plain = ((recon - images) ** 2).mean() + 1e-3 * kl
-        got_weighted = d.vae_loss(images, generator=g(), foreground_weight=5.0, l1_weight=0.5)
-        got_plain = d.vae_loss(images, generator=g())
+        got_weighted = DL.vae_loss(d, images, generator=g(), foreground_weight=5.0, l1_weight=0.5)
+        got_plain = DL.vae_loss(d, images, generator=g())
     torch.testing.assert_close(got_weighted, want_weighted, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_plain, want_plain, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="foreground_weight must be > 0"):
-        d.vae_loss(images, foreground_weight=0.0)
+        DL.vae_loss(d, images, foreground_weight=0.0)
     with pytest.raises(ValueError, match="l1_weight >= 0"):
-        d.vae_loss(images, l1_weight=-1.0)
+        DL.vae_loss(d, images, l1_weight=-1.0)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -426,11 +469,11 @@ def test_bad_inputs(tiny, feats):
         tiny.resampler(feats[..., :32])
     images = torch.zeros(2, 3, 64, 64)
     with pytest.raises(ValueError, match=r"\[batch, 3, H, W\].*\(2, 1, 64, 64\)"):
-        tiny.training_loss(feats, images[:, :1])
+        DL.denoising_loss(tiny, feats, images[:, :1])
     with pytest.raises(ValueError, match="multiples of the VAE factor 4"):
-        tiny.training_loss(feats, images[..., :62, :62])
+        DL.denoising_loss(tiny, feats, images[..., :62, :62])
     with pytest.raises(ValueError, match=r"batch \(1\).*\(2\)"):
-        tiny.training_loss(feats, images[:1])
+        DL.denoising_loss(tiny, feats, images[:1])
     with pytest.raises(ValueError, match="output_type"):
         tiny.sample(feats, num_inference_steps=1, output_type="np")
     with pytest.raises(ValueError, match="num_inference_steps"):

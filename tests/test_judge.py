@@ -128,3 +128,39 @@ def test_bad_input_raises_value_error():
         J.score_image(W.render(W.Scene()), "an empty picture .")
     with pytest.raises(ValueError, match="score"):
         J.score_image(W.render(W.Scene()), 3.5)
+
+
+def test_hue_and_saturation_agree_with_colorsys_and_so_do_the_verdicts():
+    """matplotlib's vectorised HSV against the standard library's per-pixel colorsys, on random colours:
+    the same hue and saturation, and the same colour verdict from a colorsys-based vote."""
+    import colorsys
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(4000, 3), dtype=np.uint8)
+    pixels[:200] = pixels[:200, :1]                              # greys: hue 0, saturation 0
+    pixels[200:400, 1] = pixels[200:400, 0]                      # r == g ties
+    hue, sat = J._hsv(pixels)
+    want = np.array([colorsys.rgb_to_hsv(*(p / 255.0)) for p in pixels.astype(np.float64)])
+    np.testing.assert_allclose(sat, want[:, 1], atol=1e-12)
+    d = np.abs(hue - want[:, 0] * 360)
+    np.testing.assert_allclose(np.minimum(d, 360 - d), 0, atol=1e-9)
+
+    names = tuple(W.COLOURS)
+    palette = np.array([colorsys.rgb_to_hsv(*(np.array(W.COLOURS[n]) / 255.0))[0] * 360 for n in names])
+
+    def reference(patch):
+        hs = np.array([colorsys.rgb_to_hsv(*(p / 255.0)) for p in patch.astype(np.float64)])
+        keep = hs[:, 1] >= J.MIN_SATURATION
+        if not keep.any():
+            return None                                          # the grey fallback is not about HSV
+        diff = np.abs(hs[keep, 0, None] * 360 - palette[None])
+        votes = np.bincount(np.minimum(diff, 360 - diff).argmin(1), weights=hs[keep, 1], minlength=len(names))
+        return names[int(votes.argmax())]
+
+    checked = 0
+    for patch in pixels[400:].reshape(-1, 12, 3):
+        ref = reference(patch)
+        if ref is not None:
+            assert J.classify_colour(patch) == ref
+            checked += 1
+    assert checked > 200

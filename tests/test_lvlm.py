@@ -185,6 +185,31 @@ def test_sampling_is_real_and_seeded(model, tok):
     assert not torch.equal(a.sequences, c.sequences) or not torch.equal(a.sequences, greedy.sequences)
 
 
+def test_sampling_warpers_keep_the_smallest_nucleus_at_the_temperature():
+    from seedx_lab.lvlm import sampling_warpers
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3                                  # continuous: no ties
+    out = sampling_warpers(0.7, 0.5)(torch.zeros(3, 1, dtype=torch.long), logits.clone())
+    for row, kept in zip(logits, torch.isfinite(out)):
+        p = (row / 0.7).softmax(-1)
+        order = p.argsort(descending=True).tolist()
+        want, mass = set(), 0.0
+        for i in order:                                              # add tokens until the mass reaches 0.5
+            want.add(i)
+            mass += float(p[i])
+            if mass >= 0.5:
+                break
+        assert set(kept.nonzero().flatten().tolist()) == want
+    kept_scores = out[torch.isfinite(out)]
+    torch.testing.assert_close(kept_scores, (logits / 0.7)[torch.isfinite(out)])
+    assert len(sampling_warpers(1.0, 1.0)) == 0                       # plain softmax sampling
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sampling_warpers(0.0, 0.5)
+    with pytest.raises(ValueError, match="top_p must be"):
+        sampling_warpers(1.0, 1.5)
+
+
 def test_published_width_builds_on_meta(ids):
     from seedx_lab.resampler import Resampler, ResamplerConfig
     cfg = LLMConfig.published()

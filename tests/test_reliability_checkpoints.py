@@ -104,8 +104,9 @@ def test_an_unexpected_key_is_named(ckpt):
 def test_a_wrong_shape_names_the_key_and_both_shapes(ckpt, model):
     shape = tuple(model.state_dict()[KEY].shape)
     edit_weights(ckpt, lambda s: s.update({KEY: torch.zeros(shape[0] + 1, shape[1])}))
-    with pytest.raises(ValueError, match=rf"model\.safetensors: shape mismatch for {KEY}: "
-                                         rf"file \({shape[0] + 1}, {shape[1]}\) vs model \({shape[0]}, {shape[1]}\)"):
+    with pytest.raises(ValueError, match=rf"model\.safetensors: size mismatch for {KEY}: copying a param with shape "
+                                         rf"torch\.Size\(\[{shape[0] + 1}, {shape[1]}\]\) from checkpoint, the shape "
+                                         rf"in current model is torch\.Size\(\[{shape[0]}, {shape[1]}\]\)"):
         load(ckpt)
 
 

@@ -115,3 +115,14 @@ def test_find_blocks_accepts_tensors(ids):
 def test_build_tokenizer_rejects_bad_words():
     with pytest.raises(ValueError, match="single words"):
         T.build_tokenizer(["two words"])
+
+
+def test_image_token_index_reads_exactly_the_image_tokens_of_a_vocabulary():
+    tok = T.build_tokenizer(["a", "img", "00012", "_"])
+    found = {w: T.image_token_index(w) for w in tok.get_vocab() if T.image_token_index(w) is not None}
+    assert len(found) >= T.NUM_IMG_TOKENS                         # SEED-X's vocabulary has spare image tokens
+    assert found == {T.IMG_TOKEN.format(i): i for i in range(len(found))}
+    assert len([w for w in tok.get_vocab() if w.startswith("<img_")]) == len(found)
+    for text in ("<img>", "</img>", "<img_>", "<img_0001x>", "<img_00012>a", " <img_00012>", "<patch>"):
+        assert T.image_token_index(text) is None, text
+    assert T.image_token_index("<img_12>") == 12                  # typed text may drop the zero padding

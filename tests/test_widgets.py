@@ -228,7 +228,8 @@ def test_diffusion_scrubber_has_one_frame_per_step(model):
     assert v.controls["step"].max == 1
     final = np.asarray(v.image).astype(int)
     assert np.abs(v.decoded[-1].astype(int) - final).max() <= 1        # batch decode vs the pipeline's
-    np.testing.assert_array_equal(v.x0[-1], v.decoded[-1])            # last sigma is 0: x0 = the latents
+    # last sigma is 0, so the step lands on its x0 (Euler's sample + dt * derivative rounds to within a level)
+    assert np.abs(v.x0[-1].astype(int) - v.decoded[-1].astype(int)).max() <= 1
     png = v.png()
     v.controls["step"].value = 0
     assert repr(v).startswith("DiffusionScrubber(steps=2, step=0,") and v.png() != png

@@ -13,7 +13,6 @@ Convention: the probability at position ``i`` is the model's prediction for the 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +26,7 @@ from .trace import trace
 __all__ = ["BoiTrace", "boi_trace", "BlockingStats", "BlockingComparison", "compare_blocking",
            "InterleaveTrace", "interleave"]
 
-_IMG_NAME = re.compile(r"<img_\d{5}>")
+from ..tokens import IMG_TOKEN_RE as _IMG_NAME  # noqa: E402  (the one image-token pattern)
 
 
 def _as_ids(model, prompt_or_ids) -> torch.Tensor:

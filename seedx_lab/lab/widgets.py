@@ -515,7 +515,7 @@ TOKEN_CLASSES = {
     "eoi": "#08519c",         # </img>
     "patch": "#fdae6b",       # <patch>, </patch>
 }
-_IMG_RE = re.compile(r"<img_(\d{5})>")
+from ..tokens import IMG_TOKEN_RE as _IMG_RE  # noqa: E402  (the one image-token pattern)
 
 
 def classify_tokens(ids, tokenizer=None, token_ids=None) -> list[str]:
@@ -1027,17 +1027,20 @@ def _step_tensor(t, name: str) -> torch.Tensor:
 def diffusion_scrubber(model, caption: str | None = None, num_inference_steps: int | None = None, seed: int | None = 0,
                        guidance_scale: float | None = None, *, trace=None) -> DiffusionScrubber:
     """Run ``model.generate_image(caption)`` under a trace of ``detok.step.*``, decode every step's latents
-    with the VAE and scrub through them. Or pass a finished ``trace`` that captured ``detok.step.*.latents``,
-    ``.noise_pred`` and ``.timestep`` (one image); ``model`` supplies the VAE and scheduler."""
+    with the VAE and scrub through them; the "predicted clean image" panel decodes the Euler scheduler's
+    own ``pred_original_sample`` of each step. Or pass a finished ``trace`` that captured
+    ``detok.step.*.latents`` and ``.timestep`` (one image; the x0 panel needs
+    ``detok.step.*.pred_original_sample``); ``model`` supplies the VAE and scheduler."""
     from diffusers import EulerDiscreteScheduler
 
     from .trace import trace as make_trace
 
-    image = None
+    image, x0_steps = None, []
     if trace is None:
         if caption is None:
             raise ValueError("give a caption (or a finished trace=)")
-        with make_trace(model, capture=["detok.step.*"]) as t:
+        keep_x0 = lambda detok, i, t, kw: x0_steps.append(kw["pred_original_sample"][0])   # [C, h, w]
+        with make_trace(model, capture=["detok.step.*"]) as t, model.detok.watching_steps(keep_x0):
             res = model.generate_image(caption, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, seed=seed)
         image = res.image
@@ -1059,21 +1062,9 @@ def diffusion_scrubber(model, caption: str | None = None, num_inference_steps: i
         if not np.allclose(seen, timesteps):
             raise ValueError("the captured timesteps do not match an Euler schedule of this length")
     decoded = _decode(detok, latents)
-    x0 = None
-    kind = sched.config.prediction_type
-    ok = kind in ("epsilon", "v_prediction") and float(getattr(sched.config, "s_churn", 0.0) or 0.0) == 0.0
-    if ok and all(f"detok.step.{k}.noise_pred" in t for k in steps):
-        out = torch.stack([_step_tensor(t, f"detok.step.{k}.noise_pred")[0] for k in steps]).double()
-        sig = torch.tensor(sigmas[:-1], dtype=torch.float64).view(-1, 1, 1, 1)
-        nxt = torch.tensor(sigmas[1:], dtype=torch.float64).view(-1, 1, 1, 1)
-        a = latents.double()
-        if kind == "epsilon":            # after = before + (nxt - sig) eps and x0 = before - sig eps
-            pred = a - nxt * out
-        else:                            # v: x0 = c before - sig sqrt(c) v with c = 1 / (sig^2 + 1); solve for before
-            c = 1 / (sig ** 2 + 1)
-            before = (a - (nxt - sig) * c.sqrt() * out) / (1 + (nxt - sig) * sig * c)
-            pred = c * before - sig * c.sqrt() * out
-        x0 = _decode(detok, pred.float())
+    if not x0_steps and all(f"detok.step.{k}.pred_original_sample" in t for k in steps):
+        x0_steps = [_step_tensor(t, f"detok.step.{k}.pred_original_sample")[0] for k in steps]
+    x0 = _decode(detok, torch.stack(x0_steps).float()) if len(x0_steps) == len(steps) else None
     return DiffusionScrubber(latents, decoded, x0, timesteps, sigmas, caption, image)
 
 

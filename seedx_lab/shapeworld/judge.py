@@ -16,7 +16,6 @@ It never looks at a model, only at pixels, so it can grade generated pictures:
 """
 from __future__ import annotations
 
-import colorsys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping, Sequence, Union
@@ -135,20 +134,15 @@ def _templates() -> tuple[tuple[str, ...], np.ndarray]:
 @lru_cache(maxsize=None)
 def _colour_hues() -> tuple[tuple[str, ...], np.ndarray]:
     names = tuple(world.COLOURS)
-    hues = [colorsys.rgb_to_hsv(*(v / 255 for v in world.COLOURS[n]))[0] * 360 for n in names]
-    return names, np.array(hues)
+    return names, _hsv(np.array([world.COLOURS[n] for n in names], dtype=np.uint8))[0]
 
 
 def _hsv(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hue (degrees) and saturation of Nx3 uint8 pixels."""
-    p = pixels.astype(np.float64) / 255.0
-    mx, mn = p.max(axis=1), p.min(axis=1)
-    d = mx - mn
-    sat = np.where(mx > 0, d / np.maximum(mx, 1e-9), 0.0)
-    r, g, b = p[:, 0], p[:, 1], p[:, 2]
-    dd = np.maximum(d, 1e-9)
-    hue = np.select([mx == r, mx == g], [((g - b) / dd) % 6, (b - r) / dd + 2], (r - g) / dd + 4) * 60.0
-    return hue, sat
+    """Hue (degrees) and saturation of Nx3 uint8 pixels (matplotlib's vectorised ``rgb_to_hsv``)."""
+    from matplotlib.colors import rgb_to_hsv
+
+    hsv = rgb_to_hsv(pixels.astype(np.float64) / 255.0)                   # [N, 3] in [0, 1]
+    return hsv[:, 0] * 360.0, hsv[:, 1]
 
 
 def classify_colour(pixels: np.ndarray) -> str:

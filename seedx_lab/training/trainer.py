@@ -54,7 +54,7 @@ from ..lvlm import pool_targets
 from ..sequences import caption_pieces, collate, comprehension_pieces, encode_pieces, story_pieces
 from ..shapeworld import world as W
 from .config import LANE_PARAMS, LANES, STAGE_ORDER, TrainConfig, build_model
-from . import data as D
+from . import data as D, detok_losses
 from .data import ViTHeads, _seed_of, image_to_unit, unet_timesteps, vit_batch, vit_pool
 from .workdir import MAY_CHANGE, WorkLock, config_changes, note, trim_log
 
@@ -311,13 +311,13 @@ class Trainer:
                 imgs = pool[idx].to(self.device) * 2 - 1
                 flip = torch.rand(cfg.vae_batch, generator=g) < 0.5          # cheap augmentation
                 imgs[flip] = imgs[flip].flip(-1)
-                return m.detok.vae_loss(imgs, generator=g, foreground_weight=cfg.vae_foreground_weight,
-                                       l1_weight=cfg.vae_l1_weight), None, None
+                return detok_losses.vae_loss(m.detok, imgs, generator=g, foreground_weight=cfg.vae_foreground_weight,
+                                           l1_weight=cfg.vae_l1_weight), None, None
 
             self._loop("vae", list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
             calib = torch.stack([image_to_unit(W.caption_image_sample(10_000_000 + k).image) for k in range(256)])
             vae.eval()
-            m.detok.calibrate_scaling_factor(calib.to(self.device) * 2 - 1)
+            detok_losses.calibrate_scaling_factor(m.detok, calib.to(self.device) * 2 - 1)
             self.done.append("vae_calibrated")
             self._save_state(None, 0, None)
         vae.eval().requires_grad_(False)
@@ -395,7 +395,7 @@ class Trainer:
             g.manual_seed(_seed_of(cfg, "unet", i, 0))
             idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
             f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
-            loss = d.training_loss(f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx), T))
+            loss = detok_losses.denoising_loss(d, f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx), T))
             return loss, None, None
 
         self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
