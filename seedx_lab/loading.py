@@ -54,6 +54,10 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
         if not (d / f).is_file():
             raise FileNotFoundError(f"{d} has no {f}")
     cfg_file = d / "config.json"
+    if _arch(cfg_file) == "chameleon-tiny":           # the Type-A arm (seedx_lab.typea)
+        from .typea.model import ChameleonTiny
+
+        return ChameleonTiny.load(d, device=device, dtype=dtype)
     try:
         cfg = SeedXConfig.from_dict(json.loads(cfg_file.read_text()), strict=True)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -87,3 +91,12 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
     model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
     return model.eval()
+
+
+def _arch(cfg_file: Path) -> str | None:
+    """The ``arch`` entry of a saved config (None for seedx-tiny's, which has none, or unreadable JSON)."""
+    try:
+        d = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return d.get("arch") if isinstance(d, dict) else None

@@ -169,7 +169,8 @@ class ChameleonTiny(nn.Module):
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, max_new_tokens: int, sample: bool = False,
                      temperature: float = 1.0, top_k: int | None = None, seed: int | None = 0,
-                     stop_after_block: bool = False, max_images: int | None = None) -> torch.Tensor:
+                     stop_after_block: bool = False, max_images: int | None = None,
+                     strict_budget: bool = True) -> torch.Tensor:
         """Continue prompts ``[B, T]`` (same length, no padding) by up to ``max_new_tokens``; returns the new
         ids ``[B, n]`` (rows that finished early are padded with ``<pad>``).
 
@@ -177,7 +178,8 @@ class ChameleonTiny(nn.Module):
         not finish within the budget), then the token is the argmax (``sample=False``) or drawn from
         ``softmax(logits / temperature)`` over the ``top_k`` best (``sample=True``, ``seed`` seeds a CPU
         generator). A row stops at ``</s>`` or, when ``stop_after_block``, after its first ``</img>``; once it
-        has opened ``max_images`` blocks, ``<img>`` is banned for it."""
+        has opened ``max_images`` blocks, ``<img>`` is banned for it. ``strict_budget=False`` lets ``<img>``
+        start where the budget cuts the block off (to measure whether the model emits it at all)."""
         from transformers import DynamicCache
 
         if input_ids.dim() != 2:
@@ -191,7 +193,7 @@ class ChameleonTiny(nn.Module):
         if T0 + max_new_tokens > ctx:
             raise ValueError(f"the prompt is {T0} tokens; with max_new_tokens={max_new_tokens} it needs "
                              f"{T0 + max_new_tokens} positions, more than the model's context of {ctx}")
-        proc = self.processor(max_length=T0 + max_new_tokens)
+        proc = self.processor(max_length=T0 + max_new_tokens if strict_budget else None)
         gen = torch.Generator(device="cpu").manual_seed(seed) if (sample and seed is not None) else None
         eos, pad, boi, eoi = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.token_ids.boi, self.token_ids.eoi
         seq = input_ids.to(self.device)
