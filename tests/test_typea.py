@@ -130,6 +130,15 @@ def test_processor_bans_are_minus_inf_and_forces_eoi():
     assert closing[0].argmax() == eoi and torch.isinf(closing[0, [i for i in range(V) if i != eoi]]).all()
 
 
+def test_processor_banned_ids_never_win():
+    proc = CodebookBlockProcessor(1, 2, [5, 6], 2, 10, banned_ids=[3, 4])
+    logits = torch.zeros(3, 10)
+    logits[:, 3] = 1e9
+    out = proc(torch.tensor([[0, 0, 0], [0, 1, 5], [1, 5, 6]]), logits)   # outside, inside, closing
+    assert torch.isinf(out[:, [3, 4]]).all()
+    assert out[0].argmax() not in (3, 4, 5, 6, 2) and out[1].argmax() in (5, 6) and out[2].argmax() == 2
+
+
 def test_processor_budget_bans_boi_only_when_block_cannot_finish():
     V, boi, eoi, codes, N = 10, 1, 2, [5, 6, 7], 3
     proc = CodebookBlockProcessor(boi, eoi, codes, N, V, max_length=8)
@@ -143,6 +152,7 @@ def test_processor_budget_bans_boi_only_when_block_cannot_finish():
     (dict(boi=1, eoi=2, code_ids=[9], num_codes=2, vocab_size=5), "vocab_size=5"),
     (dict(boi=1, eoi=2, code_ids=[3], num_codes=0, vocab_size=5), "num_codes"),
     (dict(boi=1, eoi=2, code_ids=[], num_codes=1, vocab_size=5), "code_ids"),
+    (dict(boi=1, eoi=2, code_ids=[3], num_codes=1, vocab_size=5, banned_ids=[3]), "banned_ids"),
 ])
 def test_processor_bad_arguments(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -164,7 +174,7 @@ from seedx_lab.typea.vq import VQConfig, VQTokenizer, images_to_unit  # noqa: E4
 def world_images():
     from seedx_lab.shapeworld import world as W
 
-    return images_to_unit([W.caption_image_sample(k).image for k in range(8)])
+    return images_to_unit([W.caption_image_sample(k).image for k in range(4)])
 
 
 @pytest.mark.parametrize("grid", [4, 8])
@@ -184,7 +194,7 @@ def test_vq_round_trip_equals_vqmodel_forward_after_training(world_images):
     torch.manual_seed(0)
     vq = VQTokenizer(VQConfig.for_grid(4, codebook_size=16))
     opt = torch.optim.Adam(vq.parameters(), lr=1e-3)
-    for _ in range(3):
+    for _ in range(2):
         loss, rec, commit = vq.loss(world_images)
         opt.zero_grad()
         loss.backward()

@@ -162,7 +162,8 @@ class ChameleonTiny(nn.Module):
 
     def processor(self, max_length: int | None = None) -> CodebookBlockProcessor:
         return CodebookBlockProcessor(self.token_ids.boi, self.token_ids.eoi, self.token_ids.img, self.num_codes,
-                                      self.config.llm.vocab_size, max_length=max_length)
+                                      self.config.llm.vocab_size, max_length=max_length,
+                                      banned_ids=(self.token_ids.bop, self.token_ids.eop))
 
     # ------------------------------------------------------------------ decoding
 
@@ -352,7 +353,7 @@ class ChameleonTiny(nn.Module):
             raise ValueError(f"{d / 'config.json'} is not a valid {ARCH} config: {e}") from None
         except ValueError as e:
             raise ValueError(f"{d / 'config.json'}: {e}") from None
-        tok = T.load_tokenizer(d)
+        tok = T.load_tokenizer(d, num_img_tokens=cfg.vq.codebook_size)
         model = cls(cfg, tok)
         try:
             state = load_file(str(d / "model.safetensors"))

@@ -15,7 +15,7 @@ of a block (``<img>`` and some codes) is continued to exactly ``N`` codes. Unlik
 processor (which assigns ``0.0``, see :mod:`seedx_lab.generation`), bans here are ``-inf``: a banned token
 can never win, whatever the other logits are.
 
-Budget rule: given ``max_length`` (the longest a row may become, prompt included), ``<img>`` is banned
+Tokens in ``banned_ids`` are never allowed. Budget rule: given ``max_length`` (the longest a row may become, prompt included), ``<img>`` is banned
 where fewer than ``N + 2`` positions remain, so no block is ever cut off.
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ OUTSIDE, INSIDE, CLOSING = 0, 1, 2
 
 class CodebookBlockProcessor(LogitsProcessor):
     """``boi`` / ``eoi``: ids of ``<img>`` / ``</img>``; ``code_ids``: the codebook tokens' ids (code i is
-    ``code_ids[i]``); ``num_codes``: N, codes per image; ``vocab_size``: width of the scores it will get."""
+    ``code_ids[i]``); ``num_codes``: N, codes per image; ``vocab_size``: width of the scores it will get;
+    ``banned_ids``: tokens never allowed (e.g. SEED-X's ``<patch>``/``</patch>``, which Type A does not use)."""
 
     def __init__(self, boi: int, eoi: int, code_ids: Sequence[int], num_codes: int, vocab_size: int,
-                 max_length: int | None = None):
+                 max_length: int | None = None, banned_ids: Sequence[int] = ()):
         code_ids = [int(i) for i in code_ids]
         if isinstance(num_codes, bool) or not isinstance(num_codes, int) or num_codes < 1:
             raise ValueError(f"num_codes must be a positive int, got {num_codes!r}")
@@ -49,6 +50,11 @@ class CodebookBlockProcessor(LogitsProcessor):
         self.boi, self.eoi, self.num_codes, self.vocab_size, self.max_length = int(boi), int(eoi), num_codes, vocab_size, max_length
         self.code_mask = torch.zeros(vocab_size, dtype=torch.bool)
         self.code_mask[code_ids] = True
+        banned_ids = [int(i) for i in banned_ids]
+        if set(banned_ids) & set(ids) or any(not 0 <= i < vocab_size for i in banned_ids):
+            raise ValueError(f"banned_ids must be other tokens than boi, eoi and the codes, in [0, {vocab_size})")
+        self.always_banned = torch.zeros(vocab_size, dtype=torch.bool)
+        self.always_banned[banned_ids] = True
 
     def state(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row state ``[B]`` (OUTSIDE / INSIDE / CLOSING) and codes written in the open block ``[B]``."""
@@ -76,6 +82,7 @@ class CodebookBlockProcessor(LogitsProcessor):
         boi = vocab == self.boi
         st = state[:, None]
         banned = torch.where(st == OUTSIDE, codes | eoi, torch.where(st == INSIDE, ~codes, ~eoi))   # [B, V]
+        banned = banned | self.always_banned.to(scores.device)[None]
         if self.max_length is not None and input_ids.shape[1] + self.num_codes + 2 > self.max_length:
             banned = banned | (boi & (st == OUTSIDE))
         out = scores.masked_fill(banned, float("-inf"))
