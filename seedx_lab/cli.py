@@ -53,8 +53,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_train_typea(args) -> int:
-    from .training.typea import TypeAConfig, train_typea
+def _typea_config(args):
+    """The TypeAConfig of a ``train-typea`` command line (work and out default per grid size)."""
+    from .training.typea import TypeAConfig
 
     kw = dict(seed=args.seed, device=args.device, grid=args.grid)
     if args.out:
@@ -67,8 +68,13 @@ def _cmd_train_typea(args) -> int:
         kw["out"] = f"{kw['work']}/model" if args.quick else f"data/chameleon-tiny-{args.grid}x{args.grid}"
     if args.threads:
         kw["threads"] = args.threads
-    cfg = TypeAConfig.quick_run(**kw) if args.quick else TypeAConfig(**kw)
-    train_typea(cfg, fresh=args.fresh, progress=not args.no_progress)
+    return TypeAConfig.quick_run(**kw) if args.quick else TypeAConfig(**kw)
+
+
+def _cmd_train_typea(args) -> int:
+    from .training.typea import train_typea
+
+    train_typea(_typea_config(args), fresh=args.fresh, progress=not args.no_progress)
     return 0
 
 

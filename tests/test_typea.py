@@ -405,7 +405,7 @@ def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
 def test_training_refuses_a_state_of_another_grid(tmp_path):
     from seedx_lab.training import typea as TA
 
-    TA.train_typea(_tiny_cfg(tmp_path, llm_steps=1), progress=False)
+    TA.TypeATrainer(_tiny_cfg(tmp_path), progress=False)._save_state(None, 0, None)
     with pytest.raises(ValueError, match="grid=4"):
         TA.TypeATrainer(_tiny_cfg(tmp_path, grid=8), progress=False)
 
@@ -426,3 +426,15 @@ def test_tokenizer_ceiling_refuses_a_seedx():
 
     with pytest.raises(ValueError, match="Type-A model .* got object"):
         E.tokenizer_ceiling(object(), n=1)
+
+
+def test_cli_train_typea_defaults_per_grid():
+    from seedx_lab.cli import _typea_config, build_parser
+
+    q8 = _typea_config(build_parser().parse_args(["train-typea", "--grid", "8", "--quick"]))
+    assert (q8.grid, q8.quick, q8.work, q8.out) == (8, True, "runs/typea-quick-8x8", "runs/typea-quick-8x8/model")
+    full = _typea_config(build_parser().parse_args(["train-typea"]))
+    assert (full.grid, full.quick, full.out) == (4, False, "data/chameleon-tiny-4x4")
+    assert full.llm_steps > q8.llm_steps
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-typea", "--grid", "5"])
