@@ -33,6 +33,8 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
     A folder in the published SEED-X layout (``pretrained/`` with ``seed_x/agent/pytorch_model.bin`` …),
     or the names ``"seed-x"`` / ``"seed-x-i"`` (files under ``$SEEDX_ROOT``), go to
     :func:`seedx_lab.checkpoints.load_published`; ``device_map`` (e.g. ``"auto"``) applies to those only.
+    A folder whose ``config.json`` says ``"arch": "chameleon-tiny"`` is the Type-A arm and loads as a
+    :class:`seedx_lab.typea.model.ChameleonTiny`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
