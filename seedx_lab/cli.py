@@ -83,8 +83,33 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _typea_config(args):
+    """The TypeAConfig of a ``train-typea`` command line (work and out default per grid size)."""
+    from .training.typea import TypeAConfig
+
+    kw = dict(seed=args.seed, device=args.device, grid=args.grid)
+    if args.out:
+        kw["out"] = args.out
+    if args.work:
+        kw["work"] = args.work
+    else:
+        kw["work"] = f"runs/{'typea-quick' if args.quick else 'chameleon-tiny'}-{args.grid}x{args.grid}"
+    if "out" not in kw:
+        kw["out"] = f"{kw['work']}/model" if args.quick else f"data/chameleon-tiny-{args.grid}x{args.grid}"
+    if args.threads:
+        kw["threads"] = args.threads
+    return TypeAConfig.quick_run(**kw) if args.quick else TypeAConfig(**kw)
+
+
+def _cmd_train_typea(args) -> int:
+    from .training.typea import train_typea
+
+    train_typea(_typea_config(args), fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
 def _cmd_eval(args) -> int:
-    from .shapeworld.evaluate import evaluate
+    from .shapeworld.evaluate import evaluate, is_typea, tokenizer_ceiling
     from .loading import load
 
     model = load(args.model, **_device_kwargs(args))
@@ -92,6 +117,10 @@ def _cmd_eval(args) -> int:
     print(f"image -> text: caption_acc={r.caption_acc:.3f} (all objects exact: {r.caption_exact:.3f}) on {r.n} {args.split} images")
     print(f"text -> image: image_acc={r.image_acc:.3f} on {r.n} {args.split} captions (pixel judge)")
     print(f"stories: boi precision={r.boi_precision:.3f} recall={r.boi_recall:.3f}; text-only: false_boi={r.false_boi:.3f}")
+    if is_typea(model):
+        ceiling = tokenizer_ceiling(model, n=args.n, split=args.split, progress=not args.no_progress)
+        print(f"tokenizer ceiling: VQ round trip judged right on {ceiling:.3f} of {r.n} {args.split} caption images "
+              f"({model.num_codes} codes per image)")
     print(r.line())
     return 0
 
@@ -158,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_cmd_train)
+    ta = sub.add_parser("train-typea", help="train chameleon-tiny (Type A: VQ codes as LLM tokens) on the same world")
+    ta.add_argument("--grid", type=int, default=4, choices=[4, 8], help="code grid side: 4 (16 codes) or 8 (64 codes)")
+    ta.add_argument("--quick", action="store_true", help="a few-minute run with tiny step counts")
+    ta.add_argument("--out", help="checkpoint folder (default data/chameleon-tiny-GxG; quick: WORK/model)")
+    ta.add_argument("--work", help="folder for the resumable state and the loss log (default runs/...)")
+    ta.add_argument("--seed", type=int, default=0)
+    ta.add_argument("--device", default="cpu")
+    ta.add_argument("--threads", type=int, default=None)
+    ta.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
+    ta.add_argument("--no-progress", action="store_true")
+    ta.set_defaults(func=_cmd_train_typea)
     ev = sub.add_parser("eval", help="held-out evaluation: caption_acc, image_acc, boi_f1, false_boi")
     _add_model_args(ev, steps=True)
     ev.add_argument("-n", type=POSITIVE, default=200, help="samples per task")

@@ -34,6 +34,8 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
     A folder in the published SEED-X layout (``pretrained/`` with ``seed_x/agent/pytorch_model.bin`` …),
     or the names ``"seed-x"`` / ``"seed-x-i"`` (files under ``$SEEDX_ROOT``), go to
     :func:`seedx_lab.checkpoints.load_published`; ``device_map`` (e.g. ``"auto"``) applies to those only.
+    A folder whose ``config.json`` says ``"arch": "chameleon-tiny"`` is the Type-A arm and loads as a
+    :class:`seedx_lab.typea.model.ChameleonTiny`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -61,6 +63,10 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
         if not (d / f).is_file():
             raise FileNotFoundError(f"{d} has no {f}")
     cfg_file = d / "config.json"
+    if _arch(cfg_file) == "chameleon-tiny":           # the Type-A arm (seedx_lab.typea)
+        from .typea.model import ChameleonTiny
+
+        return ChameleonTiny.load(d, device=device, dtype=dtype)
     try:
         cfg = SeedXConfig.from_dict(json.loads(cfg_file.read_text()), strict=True)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -99,3 +105,12 @@ def load(name_or_path="seedx-tiny", device=None, dtype=None, device_map=None) ->
     model.detok.vae.register_to_config(scaling_factor=cfg.detok.vae.get("scaling_factor", 1.0))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
     return model.eval()
+
+
+def _arch(cfg_file: Path) -> str | None:
+    """The ``arch`` entry of a saved config (None for seedx-tiny's, which has none, or unreadable JSON)."""
+    try:
+        d = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return d.get("arch") if isinstance(d, dict) else None

@@ -254,8 +254,9 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def load_tokenizer(directory: str | os.PathLike):
-    """Load a tokenizer saved by :func:`save_tokenizer` (offline) and check its SEED-X tokens."""
+def load_tokenizer(directory: str | os.PathLike, num_img_tokens: int = NUM_IMG_TOKENS):
+    """Load a tokenizer saved by :func:`save_tokenizer` (offline) and check its SEED-X tokens
+    (``<img_00000>…`` up to ``num_img_tokens``; a Type-A tokenizer may hold fewer or more codes)."""
     from transformers import PreTrainedTokenizerFast
 
     from .validate import no_code_folder
@@ -269,7 +270,7 @@ def load_tokenizer(directory: str | os.PathLike):
     except (json.JSONDecodeError, Exception) as e:  # a corrupt file surfaces from deep inside tokenizers
         raise ValueError(f"could not read the tokenizer in {directory}: {e}") from e
     try:
-        ImageTokenIds.from_tokenizer(tok)
+        ImageTokenIds.from_tokenizer(tok, num_img_tokens)
     except ValueError as e:
         raise ValueError(f"{directory / 'tokenizer.json'}: {e}") from None
     return tok

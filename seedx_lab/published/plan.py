@@ -219,7 +219,7 @@ def _ranges(names: list[str]) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The table ``seedx-lab plan`` prints."""
-    lines = [f"published SEED-X, built on the meta device (no weights); memory in GiB (parameters + buffers)",
+    lines = ["published SEED-X, built on the meta device (no weights); memory in GiB (parameters + buffers)",
              f"{'stage':<18}{'parameters':>16}{'bf16':>10}{'fp16':>10}{'fp32':>10}"]
     for k, n in plan.params.items():
         lines.append(f"{k:<18}{n:>16,}" + "".join(f"{plan.memory[d][k] / GiB:10.2f}" for d in DTYPES))

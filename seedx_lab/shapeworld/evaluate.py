@@ -1,4 +1,4 @@
-"""Held-out evaluation of a SeedX model on the shape world (``seedx-lab eval``).
+"""Held-out evaluation of a SeedX model, or of a Type-A ChameleonTiny, on the shape world (``seedx-lab eval``).
 
 Four numbers, each on the **test** split (its primary objects are (shape, colour, position)
 triples never seen in training):
@@ -70,18 +70,30 @@ def image_accuracy(model, seeds, split="test", num_inference_steps=None, progres
     return hits / len(seeds)
 
 
+def is_typea(model) -> bool:
+    """True for a Type-A model (:class:`seedx_lab.typea.model.ChameleonTiny`), False for a SeedX."""
+    from ..typea.model import ChameleonTiny
+
+    return isinstance(model, ChameleonTiny)
+
+
 @torch.no_grad()
 def boi_predictions(model, segments):
     """Teacher-forced greedy ``<img>`` decisions at every text position of one story.
 
     Returns ``(predicted, actual)``: two bool lists over the positions whose next token is chosen
-    freely (outside forced blocks).
+    freely (outside image blocks). A SeedX is read with the published processor; a Type-A model with
+    its own :class:`~seedx_lab.typea.processor.CodebookBlockProcessor`, its pictures as their true codes.
     """
-    ex = encode_pieces(model, story_pieces(segments, None))
-    batch = collate(model, [ex], model.device)
-    ids = batch["input_ids"]
-    logits = model.lvlm(ids)["logits"][0].float()                         # [T, V]
-    proc = AutoImageTokenGenerationProcessor(token_ids=model.token_ids, num_img_gen_tokens=model.lvlm.num_img_tokens)
+    if is_typea(model):
+        ids = torch.tensor([model.story_ids(segments)], device=model.device)
+        logits = model.llm(ids).logits[0].float()                          # [T, V]
+        proc = model.processor()
+    else:
+        ex = encode_pieces(model, story_pieces(segments, None))
+        ids = collate(model, [ex], model.device)["input_ids"]
+        logits = model.lvlm(ids)["logits"][0].float()                     # [T, V]
+        proc = AutoImageTokenGenerationProcessor(token_ids=model.token_ids, num_img_gen_tokens=model.lvlm.num_img_tokens)
     tid = model.token_ids
     forced = set()
     for blk in find_image_blocks(ids[0], tid):
@@ -113,10 +125,13 @@ def boi_scores(model, seeds, split="test", progress=False):
         pred, _ = boi_predictions(model, segs)
         emitted = any(pred)
         if not emitted:
-            out = model.lvlm.generate(torch.tensor([model.encode_ids(segs[0])], device=model.device),
-                                      max_new_tokens=16, eos_token_id=model.tokenizer.eos_token_id,
-                                      pad_token_id=model.tokenizer.pad_token_id)
-            emitted = model.token_ids.boi in out.new_tokens[0].tolist()
+            prompt = torch.tensor([model.encode_ids(segs[0])], device=model.device)
+            if is_typea(model):        # no budget rule: what counts is whether <img> is emitted at all
+                new = model.generate_ids(prompt, 16, strict_budget=False)[0]
+            else:
+                new = model.lvlm.generate(prompt, max_new_tokens=16, eos_token_id=model.tokenizer.eos_token_id,
+                                          pad_token_id=model.tokenizer.pad_token_id).new_tokens[0]
+            emitted = model.token_ids.boi in new.tolist()
         false += emitted
     return precision, recall, f1, false / len(seeds)
 
@@ -131,3 +146,22 @@ def evaluate(model, n: int = 200, split: str = "test", num_inference_steps: int 
     img = image_accuracy(model, seeds, split, num_inference_steps, progress)
     p, r, f1, false = boi_scores(model, seeds, split, progress)
     return EvalResult(cap, exact, img, p, r, f1, false, n)
+
+
+@torch.no_grad()
+def tokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0, progress: bool = False) -> float:
+    """The Type-A image tokenizer's ceiling: the fraction of ``n`` caption images (seeds ``seed…``) whose
+    round trip image -> codes -> image the pixel judge still finds right (the caption's object with its
+    shape, colour and position). No LLM is involved: generated images cannot score higher than this."""
+    from ..typea.vq import images_to_unit, unit_to_pil
+
+    if not is_typea(model):
+        raise ValueError(f"tokenizer_ceiling needs a Type-A model (ChameleonTiny), got {type(model).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    hits = 0
+    for s in tqdm(range(seed, seed + n), desc="VQ round trip", disable=not progress):
+        sm = W.caption_image_sample(s, split)
+        recon = unit_to_pil(model.vq.decode(model.vq.encode(images_to_unit(sm.image).to(model.device))))[0]
+        hits += J.score_image(recon, sm.caption)["all"]
+    return hits / n

@@ -104,6 +104,19 @@ def foreground_mask(images: torch.Tensor, threshold: float = 0.15) -> torch.Tens
     return ((images - background).abs().sum(1, keepdim=True) > threshold).to(images.dtype)
 
 
+def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, foreground_weight: float = 1.0,
+                         l1_weight: float = 0.0) -> torch.Tensor:
+    """Mean of ``(r - x)^2 + l1_weight * |r - x|`` over ``[B, 3, H, W]`` images in [-1, 1], each pixel
+    weighted ``foreground_weight`` where :func:`foreground_mask` marks an object and 1 elsewhere (a
+    weighted mean). With the defaults (1, 0) it is plain MSE. Used by the VAE and the Type-A VQ tokenizer."""
+    diff = recon.float() - images.float()                                            # [B, 3, H, W]
+    err = diff ** 2 + l1_weight * diff.abs() if l1_weight else diff ** 2
+    if foreground_weight == 1.0:
+        return err.mean()
+    w = 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())          # [B, 1, H, W]
+    return (err * w).mean() / w.mean()
+
+
 def vae_loss(detok, images: torch.Tensor, kl_weight: float = 1e-3, generator: torch.Generator | None = None,
              foreground_weight: float = 1.0, l1_weight: float = 0.0) -> torch.Tensor:
     """Reconstruction error + kl_weight * KL(q(z|x) || N(0, I)) per latent element, for training the tiny
@@ -121,13 +134,7 @@ def vae_loss(detok, images: torch.Tensor, kl_weight: float = 1e-3, generator: to
     images = images.to(d.device, d.vae.dtype)
     posterior = d.vae.encode(images).latent_dist
     z = posterior.sample(generator)                                                  # [B, C, h, w]
-    diff = d.vae.decode(z).sample.float() - images.float()                           # [B, 3, H, W]
-    err = diff ** 2 + l1_weight * diff.abs() if l1_weight else diff ** 2
-    if foreground_weight != 1.0:
-        w = 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())      # [B, 1, H, W]
-        rec = (err * w).mean() / w.mean()
-    else:
-        rec = err.mean()
+    rec = reconstruction_error(d.vae.decode(z).sample, images, foreground_weight, l1_weight)
     kl = posterior.kl().float().mean() / z[0].numel()
     return rec + kl_weight * kl
 
