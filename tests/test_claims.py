@@ -254,8 +254,8 @@ def test_claim11_flips_against_a_rival_with_fewer_tokens(model):
     assert r.measured["llm_steps_per_image"] == 65 and r.measured["llm_passes_fast_path"] == 1
     assert r.measured["rivals"] == {"Janus": 576, "Chameleon": 1024}
     assert r.verdict == C.CAVEAT and r.measured["unet_passes_per_image"] == model.config.num_inference_steps
-    r2 = C.claim11(model, rivals={"a 16-token VQ model": 16})
-    assert r2.verdict == C.FAILS
+    r2 = C.claim11(model, rivals={"a 16-token VQ model": 16}, num_inference_steps=2)
+    assert r2.measured["unet_passes_per_image"] == 2 and r2.verdict == C.FAILS
 
 
 def test_claim12_fails_when_the_features_are_blank(model):

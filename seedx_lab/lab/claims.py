@@ -625,9 +625,11 @@ def rival_token_counts() -> dict[str, int]:
 
 
 @torch.no_grad()
-def claim11(model, rivals: dict[str, int] | None = None, split: str = "test") -> ClaimResult:
-    """Forward passes of the LLM and of the de-tokenizer's UNet for one caption → image (counted with hooks),
-    against the image tokens per image of ``rivals`` (default: Janus and Chameleon from transformers)."""
+def claim11(model, rivals: dict[str, int] | None = None, split: str = "test",
+            num_inference_steps: int | None = None) -> ClaimResult:
+    """Forward passes of the LLM and of the de-tokenizer's UNet for one caption → image (counted with hooks;
+    the de-tokenizer at ``num_inference_steps``, default the model's), against the image tokens per image of
+    ``rivals`` (default: Janus and Chameleon from transformers)."""
     from ..shapeworld import world as W
     from ..tokens import generation_prompt
 
@@ -643,7 +645,7 @@ def claim11(model, rivals: dict[str, int] | None = None, split: str = "test") ->
         llm_calls.clear()
         model.lvlm.generate(ids, max_new_tokens=model.lvlm.num_img_tokens + 1)
         fast_passes = len(llm_calls)
-        model.draw(out.images[0][0].features, seed=0)
+        model.draw(out.images[0][0].features, num_inference_steps=num_inference_steps, seed=0)
     finally:
         h1.remove()
         h2.remove()
