@@ -47,6 +47,7 @@ import seedx_lab
 from seedx_lab import evaluate, probes, widgets
 from seedx_lab import generation as G
 from seedx_lab import world as W
+from seedx_lab.lab.claims import wilson
 from seedx_lab.tokens import find_image_blocks
 from seedx_lab.sequences import encode_pieces, story_pieces
 
@@ -205,13 +206,15 @@ opening = "a drawing lesson . let us draw a big red circle on the left . it look
 greedy = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0)
 print("prompt:", opening)
 print("greedy:", greedy.text, "| pictures:", len(greedy.images), "| P(<img>):", [round(p, 3) for p in greedy.p_boi])
+print(f"greedy decoding drew {len(greedy.images)} picture(s): "
+      + ("it went on after the first picture by itself" if len(greedy.images) >= 2 else "it ended after the first"))
 
 # %% [markdown]
-# Greedy decoding draws the first picture and then ends the lesson: after a picture the training stories
-# go on with "now add ...", "next , ...", "then add ..." or end with "the end .", and no single next word
-# outweighs "the". That is the model's choice, not a rule. Let it *sample* its words instead
-# (`do_sample=True`, seeded), eight times: every `<img>` below is still the model's own prediction, and
-# the processor only completes the blocks.
+# How many pictures did greedy decoding draw, and did it go on after the first? The line above answers.
+# After a picture the training stories go on with "now add ...", "next , ...", "then add ..." or end with
+# "the end .": whether a second `<img>` comes is the model's choice, not a rule. Let it *sample* its words
+# instead (`do_sample=True`, seeded), eight times: every `<img>` below is still the model's own prediction,
+# and the processor only completes the blocks.
 
 # %%
 runs = []
@@ -289,12 +292,15 @@ for s in range(20):
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     false_boi.append(any(pred) or tid.boi in o.new_tokens[0].tolist())
 rate = float(np.mean(false_boi))
-print(f"text-only samples where <img> was emitted: {sum(false_boi)} of 20 (false_boi = {rate:.2f})")
+lo, hi = wilson(sum(false_boi), len(false_boi))
+print(f"text-only samples where <img> was emitted: {sum(false_boi)} of {len(false_boi)} (false_boi = {rate:.2f}, "
+      f"95% interval {lo:.2f}-{hi:.2f})")
 print("example:", W.text_only_sample(0, "test").segments[0])
 
 # %%
-assert rate <= 0.1
-print("text without a trigger phrase does not make the model start a picture")
+assert rate <= 0.1                                   # the project's target for false_boi
+print(f"text without a trigger phrase made the model start a picture in {sum(false_boi)} of {len(false_boi)} samples"
+      + ("" if any(false_boi) else ": never, on these samples"))
 
 # %% [markdown]
 # ## 6. `0.0` against `-inf` on whole generations
@@ -315,10 +321,13 @@ differ = [k for k in range(len(prompts)) if cmp.outputs["faithful"][k] != cmp.ou
 print("\nprompts where the two modes wrote different text:", differ)
 
 # %% [markdown]
-# Where the two modes differ, it is not because of the `0.0`: it is the *budget rule*. A whole block needs
-# 66 tokens. When fewer than that remain before `max_new_tokens`, the strict processor bans `<img>` (a
-# picture that cannot be finished is not started), while the faithful one lets the block start (with a
-# warning, silenced in this notebook) and it is cut off (notebook 05, claim #8). Below, the 64 image tokens of each block are shortened to `[64 tokens]`.
+# Did the two modes write different text (the line above)? The `0.0` changes a greedy choice only where a
+# blocked token would win, and the count of such steps is in the table. The other difference between the
+# modes is the *budget rule*: a whole block needs 66 tokens, and when fewer remain before `max_new_tokens`
+# the strict processor bans `<img>` (a picture that cannot be finished is not started), while the faithful
+# one lets the block start (with a warning, silenced in this notebook) and it is cut off (notebook 05,
+# claim #8). The cell below shows the first prompt where the texts differ, if any, with the 64 image tokens
+# of each block shortened to `[64 tokens]`.
 
 # %%
 def compact(text):
@@ -329,13 +338,17 @@ for k in differ[:1]:
     print("prompt:  ", prompts[k])
     for mode in G.MODES:
         print(f"{mode:>9}:", textwrap.fill(compact(cmp.outputs[mode][k]), 110, subsequent_indent=" " * 11))
+if not differ:
+    print(f"the two modes wrote the same text for all {len(prompts)} prompts; a blocked token would have won at "
+          f"{cmp.faithful.would_win} of {cmp.faithful.outside_steps} outside steps")
 
 # %%
 assert cmp.strict.stray_tokens == 0 and cmp.strict.chose_blocked == 0
 assert cmp.faithful.chose_blocked == cmp.faithful.would_win
 print(f"faithful: a blocked token would have won at {cmp.faithful.would_win} of {cmp.faithful.outside_steps} "
-      "outside steps; on this trained model the 0.0 holds because the text scores stay positive "
-      "(notebook 05), the -inf ban holds by construction")
+      "outside steps" + (": the 0.0 held on these prompts because the text scores stayed above it (notebook 05)"
+                         if cmp.faithful.would_win == 0 else ", and each time it was chosen")
+      + "; the -inf ban holds by construction")
 
 # %% [markdown]
 # ## Exercises

@@ -150,6 +150,16 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_claims(args) -> int:
+    from .lab.claims import ledger
+    from .loading import load
+
+    model = load(args.model, **_device_kwargs(args))
+    print(ledger(model, n=args.n, n_steps=args.n_steps, only=args.only, model_name=args.model,
+                 progress=not args.no_progress))
+    return 0
+
+
 def _add_model_args(p, steps: bool = False):
     p.add_argument("--model", default="seedx-tiny", help="model name in data/ or a folder (default seedx-tiny)")
     p.add_argument("--device", default="cpu")
@@ -221,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu-memory", default="80GiB", help="memory of each GPU, e.g. 80GiB, 24GB")
     pl.add_argument("--text-tokens", type=int, default=128, help="text tokens in the generation sized for activations")
     pl.set_defaults(func=_cmd_plan)
+    cl = sub.add_parser("claims", help="measure the seed analysis's 12 claims on a model and print the ledger")
+    _add_model_args(cl)
+    cl.add_argument("-n", type=int, default=4, help="stories / captions / prompts per claim (default 4)")
+    cl.add_argument("--n-steps", type=int, default=2,
+                    help="held-out captions for claim 12's sweep over 1, 2, 5, 10, 25, 50 steps (default 2)")
+    cl.add_argument("--only", type=int, nargs="+", metavar="ID", help="claim numbers to run (default all 12)")
+    cl.add_argument("--no-progress", action="store_true")
+    cl.set_defaults(func=_cmd_claims)
     return p
 
 
