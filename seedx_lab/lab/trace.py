@@ -1081,7 +1081,8 @@ class _Edits:
                 if not callable(fn):
                     raise TypeError(f"edit for {pattern!r} must be a function (value, ctx) -> value or an Edit "
                                     f"(replace, add, scale, zero, patch_from, knockout), got {type(fn).__name__}")
-            hits = [n for n in editable if fnmatchcase(n, pattern)]
+            hits = [n for n in editable if fnmatchcase(n, pattern)      # attention only when named, as in capture
+                    and (not _ON_REQUEST.match(n) or "attn" in pattern)]
             if not hits:
                 if any(fnmatchcase(n, pattern) for n in everything) or pattern.startswith("detok.step."):
                     raise ValueError(f"edits pattern {pattern!r} names only values that cannot be edited "
@@ -1100,7 +1101,8 @@ class _Edits:
             self.items.append((pattern, fns))
 
     def __call__(self, name: str) -> list:
-        return [fn for p, fns in self.items if fnmatchcase(name, p) for fn in fns]
+        attn = bool(_ON_REQUEST.match(name))
+        return [fn for p, fns in self.items if fnmatchcase(name, p) and (not attn or "attn" in p) for fn in fns]
 
     def __bool__(self) -> bool:
         return bool(self.items)
