@@ -8,6 +8,19 @@
 * :func:`interleave` — interleaved text and images where every image starts at the model's own
   ``<img>`` prediction, with where and how confidently each ``<img>`` was predicted.
 
+Causal probes (each returns a dataclass with the data and ``.plot()``), built on ``trace(edits=...)``:
+
+* :func:`activation_patching` — layer x position grid of logit(``<img>``) with one hidden state moved
+  between two matched prompts (both ways, normalised), all cells of a direction in one batch;
+  :func:`patched_continuation` continues from one patched cell;
+* :func:`attention_knockout` — P(``<img>``) with the last position's attention to chosen tokens blocked in
+  windows of layers;
+* :func:`linear_probes` — per-layer logistic probes for "next is ``<img>``", held-out stories, a
+  shuffled-label control (:func:`story_states` collects the states once for several probes);
+* :func:`steering` — a difference-of-means direction and its dose-response;
+* :func:`calibration` — reliability diagram and precision-recall of P(``<img>``);
+* :func:`sampling_regime` — irregular image tokens the processor lets through when sampling.
+
 Convention: the probability at position ``i`` is the model's prediction for the token at ``i + 1``
 (read from the hidden state at ``i``), so it lines up with ``tokens[i]`` as "after this token".
 """

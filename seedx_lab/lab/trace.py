@@ -40,7 +40,15 @@ Language model (``model.lvlm.llm``), every position of the sequence as fed:
                                                                 final norm, also for the last layer)
 ``llm.final``                      [batch, positions, dim]      after the final norm: what ``lm_head``
                                                                 reads, SEED-X's "last-layer hidden state"
+``llm.layers.{i}.attn``            [batch, heads, positions,    self-attention weights of layer i, on
+                                   positions]                   request only (see below)
 =================================  ===========================  ========================================
+
+``llm.layers.{i}.attn`` is left out of ``capture=None`` and of patterns that do not contain ``attn``
+(``"llm.layers.*"`` keeps meaning the hidden states): ask for it, e.g. ``capture=["llm.layers.*.attn"]``.
+While it is captured the LLM runs its eager attention (the fused kernels return no weights); the
+implementation it had is restored on exit. In a decoding loop each pass sees more keys: the pieces are
+padded with zeros on the keys not yet there and joined along the queries.
 
 ``transformers``' ``output_hidden_states`` holds ``embed, layers.0 … layers.{L-2}, final``: its last
 entry is already normed, so ``llm.layers.{L-1}.hidden`` is the one state it does not show.
@@ -96,6 +104,24 @@ tensors would exceed it, and refuses up front when ``expect=dict(seq_len=..., ..
 :func:`estimate_bytes` for it is above the limit. Processor decisions are not counted.
 
 Hooks are always removed on exit, also when the body raises; traces nest (each one captures).
+
+Edits
+-----
+``edits={name or glob: edit}`` changes values during the run, at the same hook points that capture reads
+(so a capture of an edited name sees the edited value). An edit is a function ``(value, ctx) -> value``
+(same shape; ``ctx`` an :class:`EditContext` with the name, the absolute positions of the value's position
+dim and the KV-cache length) or a helper: :func:`replace`, :func:`add`, :func:`scale`, :func:`zero`,
+:func:`patch_from` (another run's capture at the same absolute positions), each with optional
+``positions=`` (absolute; negative ones count from the end of the current pass) and ``rows=``; a list
+applies several in order. LLM positions are absolute sequence positions, so an edit at position ``p``
+acts in the prompt pass, at a decoding step, or inside a forced image block, wherever ``p`` is fed.
+``llm.layers.{i}.attn`` takes :func:`knockout` only: it blocks attention from query positions to key
+positions by editing the attention mask. ``llm.token_ids``, ``processor.decisions`` and ``detok.step.*``
+cannot be edited. Unknown names get the same "did you mean" errors as ``capture``.
+
+One table, :data:`HOOK_POINTS`, lists every hook point (name pattern, stage, where it is hooked, the
+shape it holds and how :func:`estimate_shapes` sizes it); capture, edits, :func:`names` and the
+estimates all read it.
 """
 from __future__ import annotations
 
