@@ -270,6 +270,7 @@ LINE = re.compile(r"^name=(\w+)( \w+=\S+)+$")
     ("trace_overhead", ["--model", "random", "--repeats", "1", "--warmup", "0", "--max-new-tokens", "70"]),
     ("pipeline", ["--model", "random", "--repeats", "1", "--warmup", "0", "--steps", "2"]),
     ("lanes", ["--repeats", "1", "--steps", "2"]),
+    ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12"]),
 ])
 def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, capsys):
     import importlib

@@ -124,3 +124,98 @@ def test_interleave_starts_images_only_where_the_model_predicts_img():
     assert np.all(p[2:] == 0.0)                                  # capped: <img> banned before the processor
     with pytest.raises(ValueError, match="ends in <img>"):
         probes.interleave(m, "a red circle <img>")
+
+
+# --------------------------------------------------------------------------- causal probes
+
+CLEAN, CORRUPT = "a red circle . here it is :", "a red circle . here it is ."
+
+
+@torch.no_grad()
+def test_batched_patching_grid_equals_one_run_per_cell_and_the_metric_has_its_ends(model):
+    g = probes.activation_patching(model, CLEAN, CORRUPT)
+    ref = probes.activation_patching(model, CLEAN, CORRUPT, batched=False)
+    chunked = probes.activation_patching(model, CLEAN, CORRUPT, batch_size=7)
+    L = model.config.llm.num_hidden_layers
+    P = len(model.encode_ids(CLEAN))
+    assert g.raw_denoise.shape == g.raw_noise.shape == (L + 1, P)
+    np.testing.assert_allclose(g.raw_denoise, ref.raw_denoise, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(g.raw_noise, ref.raw_noise, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(chunked.raw_denoise, ref.raw_denoise, atol=1e-5, rtol=0)
+    # the last layer at the last position is the whole decision: 1 one way, 0 the other; the prompts
+    # agree before their last token, so patching there does nothing
+    assert abs(g.denoise[-1, -1] - 1) < 1e-4 and abs(g.noise[-1, -1]) < 1e-4
+    np.testing.assert_allclose(g.denoise[:, :-1], 0, atol=1e-4)
+    with pytest.raises(ValueError, match="same token length"):
+        probes.activation_patching(model, CLEAN, "a red circle :")
+
+
+@torch.no_grad()
+def test_knockout_windows_in_one_batch_equal_separate_runs(model):
+    from seedx_lab.lab import trace as tr
+
+    k = probes.attention_knockout(model, CLEAN, "here it is", window=2)
+    assert k.keys == probes.find_phrase(model, model.encode_ids(CLEAN), "here it is")
+    ids = torch.tensor([model.encode_ids(CLEAN)])
+    boi = model.token_ids.boi
+    for w, p in zip(k.windows, k.p_knocked):
+        with tr.trace(model, capture=[], edits={f"llm.layers.{i}.attn": tr.knockout(k.keys) for i in w}):
+            ref = model.lvlm.llm(input_ids=ids).logits[0, -1].softmax(-1)[boi].item()
+        assert abs(ref - p) < 1e-6
+    assert abs(k.p_base - model.lvlm.llm(input_ids=ids).logits[0, -1].softmax(-1)[boi].item()) < 1e-6
+    with pytest.raises(ValueError, match="not in the prompt"):
+        probes.attention_knockout(model, CLEAN, "blue")
+
+
+def _stories(seed, n):
+    """Word salad from the test vocabulary; a picture follows each "here it is :" (and only it)."""
+    rng = np.random.default_rng(seed)
+    words = "a red circle .".split()
+    out = []
+    for _ in range(n):
+        segs = []
+        for _ in range(rng.integers(1, 3)):
+            segs += [" ".join(rng.choice(words, rng.integers(2, 6))) + " here it is :", None]
+        segs.append(" ".join(rng.choice(words, 3)))
+        out.append(segs)
+    return out
+
+
+@torch.no_grad()
+def test_linear_probe_is_scored_on_held_out_positions_and_its_shuffled_control_is_near_chance(model):
+    train, test = probes.story_states(model, _stories(0, 12)), probes.story_states(model, _stories(1, 12))
+    lp = probes.linear_probes(model, train, test, shuffles=5, steps=60)
+    assert lp.n_train == len(train.y) and lp.n_test == len(test.y) and lp.pos_test == int(test.y.sum()) > 0
+    # the label is the ':' token itself, so the embedding already separates it, on new stories too
+    assert lp.acc[0] > 0.95
+    # (at the embedding the features take a handful of values, so one permutation can land on ':' by
+    # luck; the layers mix context in and the control has no such foothold)
+    assert np.all(np.abs(lp.acc_shuffled[1:] - 0.5) < 0.2) and abs(lp.acc_shuffled.mean() - 0.5) < 0.2
+    # held out means held out: the accuracy equals a probe fitted on train and scored on test by hand
+    f = probes.fit_logistic(train.x[2], train.y, steps=60)
+    pred = f(test.x[2]) >= 0.5
+    by_hand = 0.5 * (pred[test.y].mean() + (~pred[~test.y]).mean())
+    assert abs(by_hand - lp.acc[2]) < 1e-12
+
+
+def test_calibration_bins_and_precision_recall_against_hand_counts():
+    p = np.array([0.05, 0.15, 0.15, 0.95, 0.85, 0.55])
+    y = np.array([0, 0, 1, 1, 1, 0], dtype=bool)
+    c = probes.calibration_from(p, y, bins=10)
+    assert c.bin_count.sum() == 6 and c.bin_count[1] == 2 and c.bin_freq[1] == 0.5
+    assert abs(c.ece - (0.05 + 2 * abs(0.15 - 0.5) + 0.05 + 0.15 + 0.55) / 6) < 1e-12
+    # ranked 0.95(1) 0.85(1) 0.55(0) 0.15,0.15(1,0) 0.05(0): precision at each distinct threshold
+    np.testing.assert_allclose(c.precision, [1, 1, 2 / 3, 3 / 5, 3 / 6])
+    np.testing.assert_allclose(c.recall, [1 / 3, 2 / 3, 2 / 3, 1, 1])
+    assert abs(c.average_precision - (1 / 3 + 1 / 3 + 1 / 3 * 3 / 5)) < 1e-12
+
+
+def test_count_irregular_image_tokens(model):
+    tid = model.token_ids
+    n = model.lvlm.num_img_tokens
+    extra = {tid.img[n]} if len(tid.img) > n else {-7}
+    x = next(iter(extra))
+    full = [tid.boi, *tid.img[:n], tid.eoi]
+    seq = [1, 2] + full + [5, tid.eoi, x, tid.boi, *tid.img[:3], 5, tid.boi, *tid.img[:4]]
+    c = probes.count_irregular(seq, 2, tid, n, extra)
+    assert c == dict(stray_eoi=1, unforced_img=1, unfinished=1, cut_by_budget=1, blocks=3)

@@ -276,3 +276,55 @@ def test_no_pyplot_figures_and_stable_text(model, wide):
     assert set(plt.get_fignums()) == before
     with pytest.raises(KeyError, match="no control"):
         a.set(nope=1)
+
+
+# --------------------------------------------------------------------------- LLM / image-side attention, patching
+
+PROMPT = "we start with a big red circle on the left . it looks like this :"
+
+
+def test_attention_viewer_llm_mode_rows_are_the_traced_attention(model):
+    v = V.attention_viewer(model, PROMPT, which="llm")
+    ids = torch.tensor([model.encode_ids(PROMPT)])
+    P, L = ids.shape[1], model.config.llm.num_hidden_layers
+    H = model.config.llm.num_attention_heads
+    check_bundle(v, f"TokenAttentionViewer(layers={L}, heads={H}, positions={P}, layer={L - 1}, head=mean, "
+                    f"query={P - 1})")
+    with seedx_lab.trace(model, capture=["llm.layers.1.attn"]) as t:
+        model.lvlm.llm(input_ids=ids)
+    a = t["llm.layers.1.attn"][0]                                           # [heads, P, P]
+    v.set(layer=1, head=2, query=5)
+    np.testing.assert_allclose(v.row(), a[2, 5].numpy(), atol=1e-6)
+    assert v.row()[6:].max() == 0 and abs(v.row().sum() - 1) < 1e-5
+    np.testing.assert_allclose(v.by_layer()[1], a[2, 5].numpy(), atol=1e-6)
+
+
+def test_attention_viewer_output_resampler_and_adapter_modes(model):
+    g = V.attention_viewer(model, "a big red circle on the left", which="output_resampler")
+    assert g.n_queries == 64 and g.heatmaps()[0].shape == (8, 8)
+    assert abs(g.heatmaps()[0].sum() - 1) < 1e-4
+    d = V.attention_viewer(model, "a big red circle on the left", which="detok.adapter")
+    assert len(d.attn) == len(model.detok.resampler.layers) and [h.shape for h in d.heatmaps()] == [(8, 8), (8, 8)]
+    assert abs(sum(h.sum() for h in d.heatmaps()) - 1) < 1e-4            # inputs + latents = the whole row
+    check_bundle(d, repr(d))
+    with pytest.raises(ValueError, match="which must be one of"):
+        V.attention_viewer(model, "x", which="llm.attn")
+
+
+def test_patching_explorer_map_and_cell(model):
+    clean, corrupt = PROMPT, PROMPT[:-1] + "."
+    e = V.patching_explorer(model, clean, corrupt, max_new_tokens=4)
+    g = probes.activation_patching(model, clean, corrupt)
+    np.testing.assert_allclose(e.grid.raw_denoise, g.raw_denoise, atol=1e-5)
+    P = len(g.clean_ids)
+    check_bundle(e, f"PatchingExplorer(tokens={P}, sites={len(g.sites)}, site={g.sites[-1]}, position={P - 1}, "
+                    "direction=denoise)")
+    # the last layer at the last position carries the clean run's whole prediction
+    ids = torch.tensor([g.clean_ids])
+    p_clean = model.lvlm.llm(input_ids=ids).logits[0, -1].softmax(-1)[model.token_ids.boi].item()
+    assert abs(e.cell_p - p_clean) < 1e-5
+    e.set(position=2)
+    p_corrupt = model.lvlm.llm(input_ids=torch.tensor([g.corrupt_ids])).logits[0, -1].softmax(-1)[model.token_ids.boi].item()
+    assert abs(e.cell_p - p_corrupt) < 1e-5                                # prompts agree there: nothing moves
+    e.set(corrupt="a red circle .")
+    assert "same token length" in e.error and len(e.grid.clean_ids) == P   # the last good pair stays

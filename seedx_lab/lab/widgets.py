@@ -2,13 +2,17 @@
 
 =====================================  =====================================================================
 ``tiling_viewer(image, base)``         the any-res grids: both selection rules, the choice, the tiles
-``attention_viewer(model, image)``     where each resampler query looks, per view, per head or averaged
+``attention_viewer(model, image)``     where each resampler query looks, per view, per head or averaged;
+                                       ``which="llm"`` (a prompt): the LLM's attention per layer and head;
+                                       ``"output_resampler"``, ``"detok.adapter"`` (a caption)
 ``token_timeline(model, prompt)``      the generated tokens coloured by kind, and the processor's decision
                                        at every step (state, forced id, overridden score, P(``<img>``))
 ``boi_explorer(model, prompt)``        P(``<img>``) per position and through the logit lens; generation
                                        under the faithful (``0.0``) or strict (``-inf``) blocking
 ``diffusion_scrubber(model, caption)`` the de-tokenizer's latents decoded at every diffusion step, and the
                                        clean image each step predicts
+``patching_explorer(model, a, b)``     activation patching between two prompts: the layer x position
+                                       map, one cell's patched continuation and P(``<img>``)
 =====================================  =====================================================================
 
 Each function returns a *view* object. In Jupyter, displaying it shows
@@ -40,7 +44,8 @@ import numpy as np
 import torch
 
 __all__ = ["tiling_viewer", "attention_viewer", "token_timeline", "boi_explorer", "diffusion_scrubber",
-           "TilingViewer", "AttentionViewer", "TokenTimeline", "BoiExplorer", "DiffusionScrubber",
+           "patching_explorer", "TilingViewer", "AttentionViewer", "TokenAttentionViewer", "GridAttentionViewer",
+           "TokenTimeline", "BoiExplorer", "DiffusionScrubber", "PatchingExplorer",
            "frontend_connected", "FRONTEND", "TOKEN_CLASSES", "classify_tokens"]
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -367,6 +372,7 @@ def tiling_viewer(image, base=448, pinpoints=None) -> TilingViewer:
 # =========================================================================== 2. resampler attention
 
 _ATTN_NAMES = {"input_resampler": "input_resampler.attn", "vit.attn_pool": "vit.attn_pool.attn"}
+_TOKEN_ATTN = ("llm", "output_resampler", "detok.adapter")
 
 
 class AttentionViewer(StageView):
@@ -469,9 +475,15 @@ class AttentionViewer(StageView):
 
 
 @torch.no_grad()
-def attention_viewer(model, image, which: str = "input_resampler", trace=None, base: int | None = None) -> AttentionViewer:
+def attention_viewer(model, image, which: str = "input_resampler", trace=None, base: int | None = None):
     """Attention maps of ``which`` (``"input_resampler"``: 64 queries over the 256 ViT features of a view;
     ``"vit.attn_pool"``: the ViT's 256 pooling queries over its patches) for ``image``.
+
+    Three more modes take text in place of ``image``: ``"llm"`` (a prompt: the LLM's self-attention per
+    layer and head, by default of the last position, the one that predicts ``<img>``; a
+    :class:`TokenAttentionViewer`), ``"output_resampler"`` (a caption: its 64 queries over the 64
+    image-token states of the forced block) and ``"detok.adapter"`` (a caption: the de-tokenizer
+    adapter's Perceiver layers over those features and its latents); both :class:`GridAttentionViewer`.
 
     Runs ``model.encode_image`` and the input resampler under :func:`seedx_lab.trace`, or reads the
     attention from a finished ``trace`` that captured it for this image (``model`` may then be None if
@@ -480,8 +492,12 @@ def attention_viewer(model, image, which: str = "input_resampler", trace=None, b
     from .. import anyres
     from .trace import trace as make_trace
 
+    if which in _TOKEN_ATTN:
+        if model is None:
+            raise ValueError(f"which={which!r} needs the model")
+        return _llm_attention_view(model, image) if which == "llm" else _image_side_attention_view(model, image, which)
     if which not in _ATTN_NAMES:
-        raise ValueError(f"which must be one of {', '.join(_ATTN_NAMES)}, got {which!r}")
+        raise ValueError(f"which must be one of {', '.join([*_ATTN_NAMES, *_TOKEN_ATTN])}, got {which!r}")
     name = _ATTN_NAMES[which]
     if trace is None:
         if model is None:
@@ -502,6 +518,170 @@ def attention_viewer(model, image, which: str = "input_resampler", trace=None, b
             raise ValueError("reading a trace without a model needs base= (the tile size)")
         tiles = anyres.tile_image(image, base=tile)
     return AttentionViewer(attn, tiles, anyres.to_pil_rgb(image), which)
+
+
+# =========================================================================== 2b. attention over tokens
+
+class TokenAttentionViewer(StageView):
+    """The LLM's self-attention: which earlier tokens one position reads, per layer and head.
+
+    ``attn``: ``{layer: [heads, positions, positions]}`` (captured as ``llm.layers.{i}.attn``); ``tokens``:
+    the sequence. The default query is the last prompt position, the one that decides ``<img>``.
+    """
+
+    _kind = "TokenAttentionViewer"
+
+    def __init__(self, attn: list[torch.Tensor], tokens: list[str], p_boi: float | None = None):
+        super().__init__()
+        import ipywidgets as W
+
+        self.attn = [a.detach().float().cpu() for a in attn]                      # L x [heads, P, P]
+        self.tokens, self.p_boi = tokens, p_boi
+        self.n_layers, (self.n_heads, P, _) = len(self.attn), self.attn[0].shape
+        self.layer, self.head, self.query = self.n_layers - 1, -1, P - 1
+        self._observe("layer", W.IntSlider(value=self.layer, min=0, max=self.n_layers - 1, description="layer",
+                                           continuous_update=False))
+        self._observe("head", W.Dropdown(options=[("mean over heads", -1)] + [(f"head {h}", h) for h in range(self.n_heads)],
+                                         value=-1, description="head"))
+        self._observe("query", W.IntSlider(value=self.query, min=0, max=P - 1, description="query",
+                                           continuous_update=False))
+
+    def row(self, layer: int | None = None, head: int | None = None, query: int | None = None) -> np.ndarray:
+        """``[positions]`` attention of ``query`` over the keys (zero after the query)."""
+        layer = self.layer if layer is None else layer
+        head = self.head if head is None else head
+        query = self.query if query is None else query
+        a = self.attn[layer][:, query]
+        return (a.mean(0) if head < 0 else a[head]).numpy()
+
+    def by_layer(self) -> np.ndarray:
+        """``[layers, positions]``: the query's row in every layer (the chosen head, or the mean)."""
+        return np.stack([self.row(layer=i) for i in range(self.n_layers)])
+
+    def _summary(self) -> str:
+        head = "mean" if self.head < 0 else str(self.head)
+        return (f"TokenAttentionViewer(layers={self.n_layers}, heads={self.n_heads}, positions={len(self.tokens)}, "
+                f"layer={self.layer}, head={head}, query={self.query})")
+
+    def _figsize(self):
+        return (max(7.0, min(0.28 * len(self.tokens) + 2.5, 16.0)), 4.6)
+
+    def _draw(self, fig) -> None:
+        P = len(self.tokens)
+        ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 1])
+        im = ax1.imshow(self.by_layer(), aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+        ax1.set_yticks(range(self.n_layers), [f"layer {i}" for i in range(self.n_layers)], fontsize=7)
+        head = "mean over heads" if self.head < 0 else f"head {self.head}"
+        extra = f", P(<img> next) = {self.p_boi:.3f}" if self.p_boi is not None and self.query == P - 1 else ""
+        ax1.set_title(f"what position {self.query} ('{self.tokens[self.query]}') reads, {head}{extra}", fontsize=9)
+        fig.colorbar(im, ax=ax1, fraction=0.025)
+        r = self.row()
+        ax2.bar(np.arange(P), r, color=["tab:red" if i == self.query else "tab:blue" for i in range(P)])
+        ax2.set_ylabel(f"layer {self.layer}", fontsize=8)
+        ax2.set_xticks(range(P), self.tokens, rotation=90, fontsize=7)
+
+    def _build_widget(self):
+        import ipywidgets as W
+
+        return W.VBox([W.HBox([self.controls["layer"], self.controls["head"]]), self.controls["query"], self._picture])
+
+
+class GridAttentionViewer(StageView):
+    """Attention of one query over keys laid out on square grids (the 64 image tokens as 8 x 8).
+
+    ``attn``: ``{label: [heads, queries, keys]}`` (one entry per layer); ``groups``: ``[(name, start, stop)]``
+    key ranges, each drawn as a square grid (e.g. the de-tokenizer adapter's inputs and its latents).
+    """
+
+    _kind = "GridAttentionViewer"
+
+    def __init__(self, attn: dict[str, torch.Tensor], groups: list[tuple[str, int, int]], which: str):
+        super().__init__()
+        import ipywidgets as W
+
+        self.attn = {k: v.detach().float().cpu() for k, v in attn.items()}
+        self.groups, self.which = groups, which
+        first = next(iter(self.attn.values()))
+        self.n_heads, self.n_queries, _ = first.shape
+        self.layer, self.head, self.query = next(iter(self.attn)), -1, 0
+        self._observe("layer", W.Dropdown(options=list(self.attn), value=self.layer, description="layer"))
+        self._observe("head", W.Dropdown(options=[("mean over heads", -1)] + [(f"head {h}", h) for h in range(self.n_heads)],
+                                         value=-1, description="head"))
+        self._observe("query", W.IntSlider(value=0, min=0, max=self.n_queries - 1, description="query",
+                                           continuous_update=False))
+
+    def heatmaps(self) -> list[np.ndarray]:
+        a = self.attn[self.layer][:, self.query]
+        row = (a.mean(0) if self.head < 0 else a[self.head]).numpy()
+        out = []
+        for _name, s, e in self.groups:
+            side = math.isqrt(e - s)
+            out.append(row[s:e].reshape(side, side) if side * side == e - s else row[s:e][None])
+        return out
+
+    def _summary(self) -> str:
+        head = "mean" if self.head < 0 else str(self.head)
+        return (f"GridAttentionViewer(which={self.which}, layers={len(self.attn)}, heads={self.n_heads}, "
+                f"queries={self.n_queries}, groups={'+'.join(g[0] for g in self.groups)}, layer={self.layer}, "
+                f"head={head}, query={self.query})")
+
+    def _figsize(self):
+        return (3.6 * len(self.groups) + 1, 3.4)
+
+    def _draw(self, fig) -> None:
+        axes = np.atleast_1d(fig.subplots(1, len(self.groups)))
+        head = "mean over heads" if self.head < 0 else f"head {self.head}"
+        for ax, heat, (name, s, e) in zip(axes, self.heatmaps(), self.groups):
+            im = ax.imshow(heat, cmap="inferno", vmin=0, interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            _style(ax, f"{self.which} {self.layer}: query {self.query}, {head}\nover {name} (mass {heat.sum():.2f})", 8)
+
+    def _build_widget(self):
+        import ipywidgets as W
+
+        return W.VBox([W.HBox([self.controls["layer"], self.controls["head"]]), self.controls["query"], self._picture])
+
+
+@torch.no_grad()
+def _llm_attention_view(model, prompt) -> TokenAttentionViewer:
+    from .probes import _as_ids
+    from .trace import trace as make_trace
+
+    ids = _as_ids(model, prompt)
+    with make_trace(model, capture=["llm.layers.*.attn"]) as t:
+        logits = model.lvlm.llm(input_ids=ids, use_cache=False).logits[0, -1].float()
+    L = model.lvlm.llm.config.num_hidden_layers
+    tokens = model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    return TokenAttentionViewer([t[f"llm.layers.{i}.attn"][0] for i in range(L)], tokens,
+                                float(logits.softmax(-1)[model.token_ids.boi]))
+
+
+@torch.no_grad()
+def _image_side_attention_view(model, caption: str, which: str) -> GridAttentionViewer:
+    """Generate the image features of ``caption`` (the LLM's forced block and the output resampler) and
+    read the output resampler's or the de-tokenizer adapter's attention on them."""
+    from .trace import trace as make_trace
+
+    if not isinstance(caption, str):
+        raise TypeError(f"which={which!r} takes a caption (str), got {type(caption).__name__}")
+    tok = model.tokenizer
+    ids = torch.tensor([model.encode_ids(caption + "<img>")], device=model.device)
+    with make_trace(model, capture=["output_resampler.attn", "detok.resampler.attn.*"]) as t:
+        out = model.lvlm.generate(ids, max_new_tokens=model.lvlm.num_img_tokens + 1, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id, max_blocks=1)
+        if not out.images[0]:
+            raise RuntimeError("the forced block did not complete; no image features to look at")
+        if which == "detok.adapter":
+            model.detok.encode_condition(out.images[0][0].features[None])
+    if which == "output_resampler":
+        a = t["output_resampler.attn"][0]
+        return GridAttentionViewer({"": a}, [("the 64 image-token states", 0, a.shape[-1])], which)
+    n_layers = len(model.detok.resampler.layers)
+    attn = {f"layer {l}": t[f"detok.resampler.attn.{l}"][0] for l in range(n_layers)}
+    first = next(iter(attn.values()))
+    n_in = first.shape[-1] - first.shape[-2]
+    return GridAttentionViewer(attn, [("its inputs (output-resampler features)", 0, n_in),
+                                      ("its latents", n_in, first.shape[-1])], which)
 
 
 # =========================================================================== 3. token timeline
@@ -958,6 +1138,122 @@ def boi_explorer(model, prompt: str, max_new_tokens: int = 60, max_images: int =
     V.integer("max_images", max_images, 0, 1_000_000)
     model._check_drawing(num_inference_steps, None, seed)
     return BoiExplorer(model, prompt, max_new_tokens, max_images, num_inference_steps, seed)
+
+
+# =========================================================================== 4b. activation patching
+
+class PatchingExplorer(StageView):
+    """Activation patching between two editable prompts of equal length.
+
+    ``grid``: the :class:`~seedx_lab.probes.PatchingGrid` of the current pair; the chosen cell (``site``,
+    ``position``) is patched alone and the model continues greedily: ``cell_p`` is P(``<img>``) at the last
+    prompt position with that patch, ``cell_text`` the continuation.
+    """
+
+    _kind = "PatchingExplorer"
+
+    def __init__(self, model, clean: str, corrupt: str, max_new_tokens: int):
+        super().__init__()
+        import ipywidgets as W
+
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.error, self._quiet = None, False
+        self._compute(clean, corrupt)
+        self.site, self.position, self.direction = len(self.grid.sites) - 1, len(self.grid.clean_ids) - 1, "denoise"
+        self._cell()
+        for name, value in (("clean", clean), ("corrupt", corrupt)):
+            box = W.Text(value=value, description=name, continuous_update=False, layout=W.Layout(width="95%"))
+            self.controls[name] = box
+            box.observe(lambda ch: None if self._quiet else self._set_prompts(), names="value")
+        self._observe("site", W.Dropdown(options=[(s, i) for i, s in enumerate(self.grid.sites)], value=self.site,
+                                         description="site"))
+        self._observe("position", W.IntSlider(value=self.position, min=0, max=len(self.grid.clean_ids) - 1,
+                                              description="position", continuous_update=False))
+        self._observe("direction", W.ToggleButtons(options=["denoise", "noise"], value="denoise",
+                                                   description="patch", tooltips=["clean into corrupt",
+                                                                                  "corrupt into clean"]))
+
+    def _compute(self, clean: str, corrupt: str) -> None:
+        from .probes import activation_patching
+
+        self.grid = activation_patching(self.model, clean, corrupt)
+        self.clean, self.corrupt = clean, corrupt
+
+    def _cell(self) -> None:
+        from .probes import patched_continuation
+
+        self.position = min(self.position, len(self.grid.clean_ids) - 1)
+        self.cell_p, self.cell_text = patched_continuation(self.model, self.clean, self.corrupt, self.site,
+                                                           self.position, self.max_new_tokens, self.direction)
+
+    def _set_prompts(self) -> None:
+        try:
+            self._compute(self.controls["clean"].value, self.controls["corrupt"].value)
+            self.error = None
+            self.controls["position"].max = len(self.grid.clean_ids) - 1
+        except ValueError as e:                  # e.g. different lengths: keep the last good pair
+            self.error = str(e)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.error is None:
+            self._cell()
+        super()._changed()
+
+    def set(self, **values) -> "PatchingExplorer":
+        """As :meth:`StageView.set`; ``clean`` and ``corrupt`` given together are applied as one pair."""
+        pair = {k: values.pop(k) for k in ("clean", "corrupt") if k in values}
+        if pair:
+            self._quiet = True
+            try:
+                for k, v in pair.items():
+                    self.controls[k].value = v
+            finally:
+                self._quiet = False
+            self._set_prompts()
+        return super().set(**values)
+
+    def _summary(self) -> str:
+        g = self.grid
+        return (f"PatchingExplorer(tokens={len(g.clean_ids)}, sites={len(g.sites)}, site={g.sites[self.site]}, "
+                f"position={self.position}, direction={self.direction})")
+
+    def _figsize(self):
+        return (max(7.0, min(0.32 * len(self.grid.clean_ids) + 3, 16.0)), 6.2)
+
+    def _draw(self, fig) -> None:
+        g = self.grid
+        grid = g.denoise if self.direction == "denoise" else g.noise
+        ax, axt = fig.subplots(2, 1, height_ratios=[3, 1])
+        im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+            (self.position - 0.5, self.site - 0.5), 1, 1, fill=False, ec="black", lw=2))
+        ax.set_yticks(range(len(g.sites)), g.sites, fontsize=7)
+        labels = [a if a == b else f"{a}/{b}" for a, b in zip(g.clean_tokens, g.corrupt_tokens)]
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        what = "clean into corrupt" if self.direction == "denoise" else "corrupt into clean"
+        ax.set_title(f"{what}: (patched - corrupt) / (clean - corrupt) of logit(<img>)", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.025)
+        axt.set_axis_off()
+        msg = (f"cell {g.sites[self.site]}, position {self.position} ('{g.clean_tokens[self.position]}'): "
+               f"P(<img>) = {self.cell_p:.3f}\ncontinuation: {self.cell_text[:160]}")
+        if self.error:
+            msg = "error: " + self.error + "\n(showing the last valid pair)\n" + msg
+        axt.text(0, 1, _wrap(msg, 110), va="top", ha="left", fontsize=8, family="monospace", transform=axt.transAxes)
+
+    def _build_widget(self):
+        import ipywidgets as W
+
+        return W.VBox([self.controls["clean"], self.controls["corrupt"],
+                       W.HBox([self.controls["site"], self.controls["position"]]), self.controls["direction"],
+                       self._picture])
+
+
+def patching_explorer(model, clean: str, corrupt: str, max_new_tokens: int = 16) -> PatchingExplorer:
+    """Two editable prompts of equal token length (``clean`` triggers a picture, ``corrupt`` does not),
+    their layer x position patching map (:func:`seedx_lab.probes.activation_patching`), and one chosen
+    cell patched alone: P(``<img>``) and the greedy continuation."""
+    return PatchingExplorer(model, clean, corrupt, max_new_tokens)
 
 
 # =========================================================================== 5. diffusion
