@@ -84,6 +84,14 @@ def _cmd_describe(args) -> int:
     return 0
 
 
+def _cmd_exercises(args) -> int:
+    from .lab.exercises import write_exercises
+
+    paths = write_exercises(args.out, args.notebooks)
+    print(f"wrote {len(paths) // 2} exercise notebooks (.py and .ipynb, solutions stubbed) to {args.out}")
+    return 0
+
+
 def _add_model_args(p, steps: bool = False):
     p.add_argument("--model", default="seedx-tiny", help="model name in data/ or a folder (default seedx-tiny)")
     p.add_argument("--device", default="cpu")
@@ -135,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--question", default="describe the image .")
     _add_model_args(de)
     de.set_defaults(func=_cmd_describe)
+    ex = sub.add_parser("exercises", help="write exercise copies of the notebooks (solutions replaced by stubs)")
+    ex.add_argument("out", help="folder to write them to")
+    ex.add_argument("--notebooks", default=None, help="notebook folder (default: the workbook's notebooks/)")
+    ex.set_defaults(func=_cmd_exercises)
     return p
 
 

@@ -412,10 +412,11 @@ class _LearnerProcessor:
 
 
 @contextmanager
-def swap(model, *, resampler_forward=None, inputs_embeds=None, forcing_rule=None, hidden_state_pick=None,
+def swap(model, *, tiling=None, resampler_forward=None, inputs_embeds=None, forcing_rule=None, hidden_state_pick=None,
          image_features=None, euler_loop=None):
     """Run ``model`` (a SeedX) with learner functions in place of its stages, restored on exit.
 
+    ``tiling(image, base) -> (pixels, positions)``: the any-res tiler;
     ``resampler_forward(module, x)``: both LLM-side resamplers; ``inputs_embeds(lvlm, ids, feats, cmp, pos)``;
     ``forcing_rule(ids, scores, token_ids, mode)``: the processor (every token goes through it, the
     forced block included); ``hidden_state_pick(tokens, hidden, token_ids)`` and/or
@@ -424,12 +425,24 @@ def swap(model, *, resampler_forward=None, inputs_embeds=None, forcing_rule=None
     """
     lvlm, detok = model.lvlm, model.detok
     patched: list[tuple[object, str]] = []
+    originals: dict = {}
 
     def put(obj, name, value):
-        setattr(obj, name, value)          # an instance attribute shadows the class method
+        originals[(id(obj), name)] = getattr(obj, name)
+        setattr(obj, name, value)          # on an instance: shadows the class method until deleted
         patched.append((obj, name))
 
     try:
+        if tiling is not None:
+            from .. import model as model_module
+            from ..anyres import Tiles
+            from ..images import to_pil_rgb
+
+            def learner_tile(image, base, device=None, dtype=None, **kw):
+                pixels, positions = tiling(to_pil_rgb(image), base)
+                return Tiles(pixels.to(device=device, dtype=dtype), positions.to(device=device, dtype=dtype), None, [])
+
+            put(model_module, "tile_image", learner_tile)
         if resampler_forward is not None:
             for m in (lvlm.input_resampler, lvlm.output_resampler):
                 put(m, "forward", lambda x, return_attn=False, m=m: resampler_forward(m, x))
@@ -475,10 +488,10 @@ def swap(model, *, resampler_forward=None, inputs_embeds=None, forcing_rule=None
         yield model
     finally:
         for obj, name in reversed(patched):
-            try:
+            if obj.__class__.__name__ == "module":
+                setattr(obj, name, originals[(id(obj), name)])
+            else:
                 delattr(obj, name)
-            except AttributeError:
-                pass
 
 
 @dataclasses.dataclass
