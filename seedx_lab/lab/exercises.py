@@ -15,6 +15,7 @@ still exists, the cell still runs, and the grader cell after it stops with a mes
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def stub_solutions(text: str, where: str = "<text>") -> str:
         if line.strip() == END:
             if label is None:
                 raise ValueError(f"{where}:{n}: {END} without a {BEGIN} before it")
-            out.append(f'{indent}raise NotImplementedError("exercise: {label}")\n')
+            out.append(f"{indent}raise NotImplementedError({json.dumps('exercise: ' + label)})\n")
             label = None
             continue
         if label is None:
