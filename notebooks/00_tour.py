@@ -36,6 +36,11 @@
 # The later notebooks (01 – 09) open up each stage.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import time
 
 import matplotlib.pyplot as plt
@@ -50,7 +55,7 @@ from seedx_lab import judge, widgets, world
 plt.rcParams["figure.dpi"] = 72
 torch.manual_seed(0)
 started = time.perf_counter()
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 print("loaded seedx-tiny:", sum(p.numel() for p in model.parameters()) // 1000, "thousand parameters")
 
 # %% [markdown]
@@ -154,3 +159,9 @@ print(f"the whole tour took {time.perf_counter() - started:.1f} s on this machin
 # 1. Draw "a small purple star in the centre ." with several seeds. What changes between seeds, and what stays?
 # 2. Describe an image you make yourself with `world.render(world.Scene(...))`. Can you confuse the model?
 # 3. Start a story with "we make pictures today ." and nothing else. Does the model draw anything? Why not?
+
+# %% [markdown]
+# ## What you should now know
+# 1. SeedX runs three tasks from one set of weights: caption → image, image → text, and text that opens pictures itself.
+# 2. Every picture passes through 64 forced image tokens whose hidden states a de-tokenizer turns back into pixels.
+# 3. seedx-tiny is small enough to trace on a laptop CPU; the later notebooks open each stage in turn.

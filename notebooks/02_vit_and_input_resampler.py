@@ -38,6 +38,11 @@
 # Everything runs on a CPU in a few seconds with the trained `seedx-tiny` checkpoint.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import warnings
 
 import matplotlib.pyplot as plt
@@ -55,7 +60,7 @@ from seedx_lab.vit import ViTConfig, VisionTransformer
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 cfg = model.config
 print("tile size:", cfg.tile_size, "px | ViT patch:", cfg.vit.patch_size, "px | ViT width:", cfg.vit.width,
       "| ViT output dim:", cfg.vit.output_dim, "| LLM width:", cfg.llm.hidden_size)
@@ -514,3 +519,78 @@ print(f"published input resampler: {by_hand:,d} parameters, as counted by hand; 
 #    for a `[1, 1024, 1664]` input. How many parameters does the pool alone have?
 # 4. Show that `offset(x, y)` can be written with only three vectors. Why might SEED-X still use four
 #    rows in `P`?
+
+# %% [markdown]
+# ## Build it yourself
+# ### Exercise 2.1 · the resampler's cross-attention ★★★ (about 30 min)
+# Write `resampler_forward(m, x)` for a `seedx_lab.resampler.Resampler` `m` and ViT features `x [B, K, kv_dim]`,
+# returning `[B, Q, E]` — without calling `m(x)`. Read the parameters from `m`: `m.query`, `m.pos_embed`,
+# `m.kv_proj`, `m.ln_q`, `m.ln_kv`, `m.key_positions(K)`, `m.attn.in_proj_weight` / `in_proj_bias` (rows
+# q | k | v) and `m.attn.out_proj`. seedx-tiny's input resampler also has a place bias: when
+# `m.config.locality > 0`, subtract `locality * m.place_distance(K)` from the scores of the first
+# `m.config.local_heads` heads (all heads when it is `None`).
+#
+# <details><summary>Hint 1: what goes where</summary>
+#
+# Keys/values: `kv = ln_kv(kv_proj(x))`. Queries: `ln_q(query) + pos_embed`, the same for every sample.
+# Keys get the positions, values do not: `k = kv + key_positions(K)`, `v = kv`.
+# </details>
+#
+# <details><summary>Hint 2: heads</summary>
+#
+# After the projections, split the last dimension `E` into `(H, E // H)` and move the head axis before the
+# token axis; scores are `q @ k^T / sqrt(E // H)`, softmax over the keys, then `@ v`, heads concatenated
+# back, `out_proj`.
+# </details>
+
+# %%
+import torch
+
+
+def resampler_forward(m, x):
+    """Resampler m, features x [B, K, kv_dim] -> [B, Q, E]."""
+    # BEGIN SOLUTION: the resampler's cross-attention forward
+    cfg = m.config
+    B, K, _ = x.shape
+    H, D = cfg.num_heads, cfg.embed_dim // cfg.num_heads
+    kv = m.ln_kv(m.kv_proj(x))                                  # [B, K, E]
+    q = m.ln_q(m.query) + m.pos_embed                           # [Q, E]
+    k = kv + m.key_positions(K)                                 # [B, K, E]
+    w_q, w_k, w_v = m.attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = m.attn.in_proj_bias.chunk(3)
+
+    def heads(t):                                               # [..., T, E] -> [..., H, T, D]
+        return t.unflatten(-1, (H, D)).transpose(-3, -2)
+
+    q, k, v = heads(q @ w_q.T + b_q), heads(k @ w_k.T + b_k), heads(kv @ w_v.T + b_v)
+    scores = q @ k.transpose(-1, -2) / D ** 0.5                 # [B, H, Q, K]
+    if cfg.locality > 0:
+        n_local = H if cfg.local_heads is None else cfg.local_heads
+        bias = torch.zeros(H, 1, 1, device=x.device)
+        bias[:n_local] = cfg.locality
+        scores = scores - bias * m.place_distance(K, x.device)
+    out = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)   # [B, Q, E]
+    return m.attn.out_proj(out)
+    # END SOLUTION
+
+
+# %%
+from seedx_lab.lab import checks
+
+checks.check_resampler_forward(resampler_forward)
+
+# %% [markdown]
+# **Your resampler in the real pipeline.** Both LLM-side resamplers of seedx-tiny (input: ViT → LLM,
+# output: LLM → de-tokenizer) now run your forward. The model describes a held-out picture and draws a
+# held-out caption; the pixel judge checks the drawing.
+
+# %%
+checks.describe_with(model, seed=0, resampler_forward=resampler_forward)
+run = checks.draw_with(model, seed=0, num_inference_steps=10, resampler_forward=resampler_forward)
+run.result.resize((128, 128), Image.NEAREST)
+
+# %% [markdown]
+# ## What you should now know
+# 1. The ViT turns each tile into 256 features; the input resampler's 64 learned queries gather them by cross-attention.
+# 2. Keys get 2-D sin-cos positions, values do not; there is no residual or MLP inside the resampler.
+# 3. You can write that cross-attention forward yourself, heads and place bias included.

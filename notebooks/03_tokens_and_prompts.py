@@ -31,6 +31,11 @@
 # 6. which tokens the generation processor "bans" outside an image block, and which it leaves alone.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import warnings
 
 import matplotlib.pyplot as plt
@@ -49,7 +54,7 @@ from seedx_lab.sequences import caption_pieces, comprehension_pieces, encode_pie
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 tok, ids_of = model.tokenizer, model.token_ids
 print("vocabulary size of the tiny tokenizer:", len(tok))
 
@@ -370,3 +375,9 @@ plt.show()
 # 3. In `encode_pieces`, the answer of a comprehension sample is labelled but the question is not. Find
 #    the first labelled position of the comprehension row and decode the tokens from there.
 # 4. Repeat section 6 with scores of `+5` instead of `-5`. Which token wins now?
+
+# %% [markdown]
+# ## What you should now know
+# 1. Images enter the text as blocks `<img><img_00000>…<img_00063></img>` (tiles as `<patch>` blocks).
+# 2. The prompt templates decide whether the model reads an image (comprehension) or is asked to draw one (`…<img>`).
+# 3. The block structure is what the processor and the hidden-state pick later rely on.

@@ -37,6 +37,11 @@
 #    better than a 2-D (2 x 2) pooling.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import warnings
 
 import matplotlib.pyplot as plt
@@ -58,7 +63,7 @@ from seedx_lab.training.data import image_to_unit
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 lv, ids_of = model.lvlm, model.token_ids
 print("lm_loss_scale", lv.lm_loss_scale, "| rec_loss_scale", lv.rec_loss_scale, "| mse", lv.mse,
       "| vit_down", lv.vit_down, "| target pooling", lv.target_pool)
@@ -318,3 +323,65 @@ print("generation and the training forward pass produce the same 64 features for
 #    of the story's loss is about *when* to start an image?
 # 4. Draw, for one picture, the per-token MSE of `rec` against the 1-D target as a 16 x 4 map (16 rows of
 #    4 strips). Are some strips harder than others?
+
+# %% [markdown]
+# ## Build it yourself
+# ### Exercise 4.1 · `inputs_embeds` with image blocks ★★ (about 20 min)
+# Write `inputs_embeds(lvlm, input_ids, image_features, ids_cmp_mask, patch_positions)` returning the
+# `[B, T, D]` tensor the LLM reads: the token embeddings, with the input resampler's 64 embeddings of each
+# view written into that view's `<img_i>` slots (`ids_cmp_mask` marks them, views in order), each view's
+# embeddings shifted by its tile position first. `image_features` may be `None` (a text-only prompt), and
+# `patch_positions` may be `None` (no shift).
+#
+# <details><summary>Hint 1: the position shift</summary>
+#
+# A position `p = (x, y)` becomes the 4-vector `[x, y, 1-x, 1-y] / 2`, multiplied by the learned
+# `[4, D]` matrix `lvlm.patch_pos_embed`; the resulting `[D]` vector is added to all 64 embeddings of the
+# view (only when `lvlm.add_patch_pos`).
+# </details>
+#
+# <details><summary>Hint 2: writing into the slots</summary>
+#
+# Boolean indexing `embeds[ids_cmp_mask] = ...` fills the marked positions in row-major order, so the
+# `[N, 64, D]` image embeddings reshaped to `[N * 64, D]` land view by view. Clone the embeddings first:
+# they come out of the embedding layer.
+# </details>
+
+# %%
+import torch
+
+
+def inputs_embeds(lvlm, input_ids, image_features, ids_cmp_mask, patch_positions):
+    """ids [B, T] (+ ViT features [N, 256, vit_dim], mask [B, T], positions [N, 2]) -> [B, T, D]."""
+    # BEGIN SOLUTION: inputs_embeds with the image embeddings in the <img_i> slots
+    embeds = lvlm.llm.get_input_embeddings()(input_ids)
+    if image_features is None:
+        return embeds
+    img = lvlm.input_resampler(image_features)                  # [N, 64, D]
+    if patch_positions is not None and lvlm.add_patch_pos:
+        p = patch_positions.to(img)
+        img = img + (torch.cat([p, 1 - p], dim=-1) / 2 @ lvlm.patch_pos_embed)[:, None]
+    embeds = embeds.clone()
+    embeds[ids_cmp_mask] = img.reshape(-1, img.shape[-1]).to(embeds.dtype)
+    return embeds
+    # END SOLUTION
+
+
+# %%
+from seedx_lab.lab import checks
+
+checks.check_inputs_embeds(inputs_embeds)
+
+# %% [markdown]
+# **Your embeddings in the real pipeline.** seedx-tiny describes held-out pictures reading your
+# `inputs_embeds`.
+
+# %%
+for seed in (0, 1):
+    checks.describe_with(model, seed=seed, inputs_embeds=inputs_embeds)
+
+# %% [markdown]
+# ## What you should now know
+# 1. One forward pass gives two losses: next-token cross-entropy on text and a regression of the image tokens' hidden states onto ViT features.
+# 2. `inputs_embeds` is the token embeddings with the resampled image embeddings written into the image slots, tile positions added.
+# 3. Teacher forcing feeds the true sequence, so every position's prediction is trained in one pass.

@@ -44,6 +44,11 @@
 #    and top-p 0.5" and **#11** "64 tokens make generation fast".
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import time
 import warnings
 
@@ -63,7 +68,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"seedx_lab\.")
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
 plt.rcParams["image.interpolation"] = "nearest"      # show the real pixels (and keep the notebook small)
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 lvlm, tok, tid = model.lvlm, model.tokenizer, model.token_ids
 print("vocabulary:", len(tok), "| <img> =", tid.boi, "| </img> =", tid.eoi,
       "| <img_00000> ... <img_00063> =", tid.img[0], "...", tid.img[63])
@@ -516,3 +521,82 @@ print(f"de-tokenizer, 25 Euler steps: {1000 * t_draw:7.1f} ms per image")
 #    does its block end: with `</patch>` or with `</img>`? Why?
 # 4. Claim #11 counts decoding steps. Add up the *whole* cost of one SEED-X image on this machine (LLM +
 #    de-tokenizer at 25 steps) and compare it with the 1024-step estimate. Which part dominates?
+
+# %% [markdown]
+# ## Build it yourself
+# ### Exercise 5.1 · the forcing rule, faithful and strict ★★★ (about 40 min)
+# Write `force(input_ids, scores, token_ids, mode)`: given the ids so far `[B, L]` and the next-token scores
+# `[B, V]`, return new scores as `AutoImageTokenGenerationProcessor` does, with `n = len(token_ids.img)`
+# image tokens per block and the forced sequence `F = [<img>, <img_00000>, …, <img_{n-1}>, </img>]`.
+#
+# * **faithful** (published): read the state from the *last token only*: if it is `F[k]` for some `k < n + 1`,
+#   the row is in a block and the token to force is `F[k + 1]`; its score becomes the row's max + 10
+#   (nothing else changes). Otherwise every block token (`F[1:]`) gets the score `0.0`.
+# * **strict**: a row is in a block only when its last `<img>` is followed by exactly `<img_00000> … <img_{k-1}>`
+#   (`k <= n`); then everything is `-inf` except the forced token (max + 10). Outside a block, the block
+#   tokens get `-inf`.
+#
+# Leave out the budget rule (`max_length`); the grader does not use it.
+#
+# <details><summary>Hint 1: faithful</summary>
+#
+# `F.index(last_token)` is `k`; "the row's max" is taken over the *unprocessed* scores.
+# </details>
+#
+# <details><summary>Hint 2: strict</summary>
+#
+# An open block fits in the last `n + 1` tokens: look for the last `<img>` there and compare what follows
+# it with the start of `token_ids.img`. A stray `<img_00005>` after text, or a `<patch>` block, is outside.
+# </details>
+
+# %%
+def force(input_ids, scores, token_ids, mode):
+    """ids [B, L], scores [B, V] -> new scores [B, V] (the input left as it was)."""
+    # BEGIN SOLUTION: the forcing rule (faithful and strict)
+    n = len(token_ids.img)
+    F = [token_ids.boi, *token_ids.img, token_ids.eoi]
+    out = scores.clone()
+    for b, row in enumerate(input_ids.tolist()):
+        k = -1                                                  # -1: outside a block
+        if mode == "faithful":
+            if row and row[-1] in F[:-1]:
+                k = F.index(row[-1])
+        else:
+            tail = row[-(n + 1):]
+            if token_ids.boi in tail:
+                body = tail[len(tail) - tail[::-1].index(token_ids.boi):]
+                if body == list(token_ids.img[: len(body)]):
+                    k = len(body)
+        if k < 0:
+            out[b, F[1:]] = float("-inf") if mode == "strict" else 0.0
+        else:
+            top = scores[b].max()
+            if mode == "strict":
+                out[b] = float("-inf")
+            out[b, F[k + 1]] = top + 10
+    return out
+    # END SOLUTION
+
+
+# %%
+from seedx_lab.lab import checks
+
+checks.check_forcing_rule(force, mode="faithful")
+checks.check_forcing_rule(force, mode="strict")
+
+# %% [markdown]
+# **Your processor in the real pipeline.** seedx-tiny draws held-out captions with `force` as its only logits
+# processor, and asked about *every* token: the fast path that feeds the known block in one pass is off, so
+# each of the 65 block tokens is chosen by your rule. It also describes a picture (strict mode, as
+# `describe` uses).
+
+# %%
+for seed in (0, 1):
+    checks.draw_with(model, seed=seed, num_inference_steps=10, forcing_rule=force)
+checks.describe_with(model, seed=0, forcing_rule=force);
+
+# %% [markdown]
+# ## What you should now know
+# 1. After `<img>`, a logits processor forces the 64 image tokens and `</img>`; the published one reads only the last token.
+# 2. Its 0.0 "ban" is not a ban when scores are negative; the strict mode uses -inf and reads the whole block.
+# 3. You can write both rules and run seedx-tiny with yours as its only processor.

@@ -42,6 +42,11 @@
 # 6. measure picture quality against the number of diffusion steps (**claim #12**).
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import warnings
 
 import matplotlib.pyplot as plt
@@ -62,7 +67,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers dep
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
 plt.rcParams["image.interpolation"] = "nearest"      # show the real pixels (and keep the notebook small)
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 lvlm, tid = model.lvlm, model.token_ids
 vit_dim, llm_dim = model.config.vit.output_dim, model.config.llm.hidden_size
 print(f"LLM width {llm_dim}, ViT width {vit_dim}, image {model.config.detok.image_size} px, "
@@ -381,3 +386,127 @@ print(f"claim #12 on seedx-tiny: mean attribute accuracy {results[2]['attributes
 # 3. Draw `targets` (the true pooled features) and `gen_feats` (the LLM's) side by side for the same seed.
 #    Where do the pictures differ? Compare with the cosine similarities of section 1.
 # 4. In the scrubber, from which step on does the predicted clean image stop changing its colour? Its shape?
+
+# %% [markdown]
+# ## Build it yourself
+# ### Exercise 6.1 · the 64 hidden states before `</img>` ★ (about 10 min)
+# Write `pick(tokens, hidden, token_ids)`: `tokens [N]` are generated ids, `hidden [N, D]` the last-layer
+# hidden state at each of them. For every `</img>` whose `n = len(token_ids.img)` predecessors are all image
+# tokens, take the hidden states at those `n` positions; return `[n_blocks, n, D]` (`[0, n, D]` when none).
+#
+# <details><summary>Hint</summary>
+#
+# The `<img>` that opens the block may sit in the prompt (a caption prompt ends in it), so find the blocks
+# by their `</img>`, not by their `<img>`.
+# </details>
+
+# %%
+import torch
+
+
+def pick(tokens, hidden, token_ids):
+    """tokens [N], hidden [N, D] -> [n_blocks, n, D]."""
+    # BEGIN SOLUTION: the pick of the hidden states before </img>
+    n, ids, img = len(token_ids.img), tokens.tolist(), set(token_ids.img)
+    blocks = [hidden[i - n: i] for i, t in enumerate(ids)
+              if t == token_ids.eoi and i >= n and all(x in img for x in ids[i - n: i])]
+    return torch.stack(blocks) if blocks else hidden.new_zeros((0, n, hidden.shape[-1]))
+    # END SOLUTION
+
+
+# %%
+from seedx_lab.lab import checks
+
+checks.check_hidden_state_pick(pick)
+
+# %% [markdown]
+# ### Exercise 6.2 · the output resampler call ★ (about 5 min)
+# Write `image_features(lvlm, tokens, hidden)`: the picked states through `lvlm.output_resampler`, giving
+# the `[n_blocks, 64, vit_dim]` features the de-tokenizer reads. The grader compares them with those
+# `lvlm.generate` hands over.
+
+# %%
+def image_features(lvlm, tokens, hidden):
+    """tokens [N], hidden [N, D] -> features [n_blocks, 64, vit_dim]."""
+    # BEGIN SOLUTION: the output resampler on the picked hidden states
+    return lvlm.output_resampler(pick(tokens, hidden, lvlm.token_ids))
+    # END SOLUTION
+
+
+# %%
+checks.check_image_features(image_features)
+
+# %% [markdown]
+# ### Exercise 6.3 · the Euler loop with classifier-free guidance ★★★ (about 40 min)
+# Write `euler_sample(detok, features, steps, guidance, generator)`: features `[B, 64, D]` → images
+# `[B, 3, H, W]` in `[0, 1]`, as `detok.sample(..., output_type="pt")` but with the loop written by you.
+# Use `detok.encode_condition(features)` for the UNet's conditions (`encoder_hidden_states`, pooled
+# `text_embeds`, `time_ids`), all-zero features for the unconditional branch, `detok.scheduler` only for
+# its schedule (`set_timesteps`, `timesteps`, `sigmas`, `init_noise_sigma`), `detok.unet` and
+# `detok.decode_latents`. Draw the starting noise with
+# `torch.randn(B, detok.unet.config.in_channels, side, side, generator=generator)`,
+# `side = detok.config.image_size // detok.vae_scale_factor`.
+#
+# <details><summary>Hint 1: one Euler step</summary>
+#
+# At noise level `s = sigmas[i]` the UNet sees `x / sqrt(s² + 1)` and the timestep `timesteps[i]`. seedx-tiny
+# predicts *v*; the clean estimate is `x0 = x / (s² + 1) - v · s / sqrt(s² + 1)`. The step follows the
+# straight line from `x` towards `x0`: `x ← x + (x - x0) / s · (sigmas[i+1] - s)`.
+# </details>
+#
+# <details><summary>Hint 2: guidance</summary>
+#
+# When `guidance > 1`, run both branches in one batch (unconditional first), split the prediction in two
+# and mix: `v = v_uncond + guidance · (v_cond - v_uncond)`.
+# </details>
+
+# %%
+def euler_sample(detok, features, steps, guidance, generator):
+    """features [B, 64, D] -> images [B, 3, H, W] in [0, 1]."""
+    # BEGIN SOLUTION: the Euler denoising loop with classifier-free guidance
+    sch = detok.scheduler
+    ehs, pooled, time_ids = detok.encode_condition(features)
+    if guidance > 1:
+        ehs_u, pooled_u, _ = detok.encode_condition(torch.zeros_like(features))
+        ehs, pooled, time_ids = torch.cat([ehs_u, ehs]), torch.cat([pooled_u, pooled]), torch.cat([time_ids, time_ids])
+    sch.set_timesteps(steps)
+    side = detok.config.image_size // detok.vae_scale_factor
+    x = torch.randn(features.shape[0], detok.unet.config.in_channels, side, side, generator=generator)
+    x = x.to(detok.device) * sch.init_noise_sigma
+    for i, t in enumerate(sch.timesteps):
+        s, s_next = sch.sigmas[i], sch.sigmas[i + 1]
+        model_in = x / (s ** 2 + 1) ** 0.5
+        if guidance > 1:
+            model_in = torch.cat([model_in, model_in])
+        v = detok.unet(model_in, t, encoder_hidden_states=ehs,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        if guidance > 1:
+            v_uncond, v_cond = v.chunk(2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        x0 = x / (s ** 2 + 1) - v * s / (s ** 2 + 1) ** 0.5
+        x = x + (x - x0) / s * (s_next - s)
+    return detok.decode_latents(x)
+    # END SOLUTION
+
+
+# %%
+checks.check_euler_loop(euler_sample)
+
+# %% [markdown]
+# **Your pieces in the real pipeline.** seedx-tiny draws held-out captions with your pick, your output
+# resampler call and your sampler in place of its own; the pixel judge looks at the pictures.
+
+# %%
+runs = [checks.draw_with(model, seed=seed, hidden_state_pick=pick, euler_loop=euler_sample) for seed in (0, 1, 2)]
+fig, axes = plt.subplots(1, len(runs), figsize=(2.2 * len(runs), 2.4))
+for ax, r in zip(axes, runs):
+    ax.imshow(r.result)
+    ax.set_title(r.prompt, fontsize=7)
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# ## What you should now know
+# 1. The last-layer hidden states at the 64 image tokens go through the output resampler to become de-tokenizer features.
+# 2. The de-tokenizer is an SDXL-shaped UNet denoising latents with an Euler sampler and classifier-free guidance, then a VAE decodes them.
+# 3. You can write the pick and the Euler loop and get the model's pictures back.

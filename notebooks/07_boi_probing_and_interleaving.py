@@ -35,6 +35,11 @@
 # 6. compare the published `0.0` blocking with `-inf` on whole generations.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import re
 import textwrap
 import warnings
@@ -57,7 +62,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"seedx_lab\.")
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
 plt.rcParams["image.interpolation"] = "nearest"      # show the real pixels (and keep the notebook small)
-model = seedx_lab.load("seedx-tiny")
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 lvlm, tok, tid = model.lvlm, model.tokenizer, model.token_ids
 print("trigger phrases:", W.TRIGGER_PHRASES)
 
@@ -360,3 +365,9 @@ print(f"faithful: a blocked token would have won at {cmp.faithful.would_win} of 
 #    phrases? (Hint: split `lens_after` by the phrase that precedes each position.)
 # 4. `evaluate.boi_predictions` applies the published processor. Rerun section 2 with a strict processor:
 #    can the precision and recall change? Why (not)?
+
+# %% [markdown]
+# ## What you should now know
+# 1. Whether the model opens a picture is a next-token decision on `<img>`, readable with probes and the logit lens.
+# 2. Interleaved generation alternates text and forced image blocks without any special mode.
+# 3. Precision and recall of `<img>` measure that decision on held-out stories.

@@ -30,6 +30,11 @@
 # (the command is in the README: `seedx-lab train`).
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 import matplotlib.pyplot as plt
 import torch
 
@@ -84,8 +89,8 @@ print("every stage's loss fell")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-quick = seedx_lab.load(out)
-shipped = seedx_lab.load("seedx-tiny")
+quick = seedx_lab.load(out, device=DEVICE)
+shipped = seedx_lab.load("seedx-tiny", device=DEVICE)
 captions = [world.caption_image_sample(s).caption for s in range(3)]
 fig, axes = plt.subplots(2, 3, figsize=(7, 5))
 scores = {"quick": 0, "shipped": 0}
@@ -171,3 +176,9 @@ assert full_overlap > 0.5 * (full_spans["llm"][1] - full_spans["llm"][0])
 # 2. Train with `target_pool="2d"` in the model config (see notebook 04). Does the de-tokenizer care?
 # 3. Interrupt the training cell halfway, run it again without `fresh=True`, and check in `train_log.csv` that it
 #    resumed rather than restarted.
+
+# %% [markdown]
+# ## What you should now know
+# 1. seedx-tiny trains in three stages: ViT and VAE first, then the de-tokenizer on ViT features, then the LLM with both losses.
+# 2. Training is resumable and its losses are logged, so a short run can be compared with the shipped one.
+# 3. The same code builds the shipped checkpoint; only step counts differ.

@@ -38,6 +38,11 @@
 # says which model ran.
 
 # %%
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 import os
 import tempfile
@@ -158,7 +163,7 @@ if gpu:
 # %%
 # NBVAL_IGNORE_OUTPUT
 try:
-    standin, STANDIN = seedx_lab.load("seedx-tiny"), "seedx-tiny (trained)"
+    standin, STANDIN = seedx_lab.load("seedx-tiny", device=DEVICE), "seedx-tiny (trained)"
 except (FileNotFoundError, ValueError):
     words = "a red blue circle square . here it is :".split()
     tok = T.build_tokenizer(words)
@@ -414,3 +419,9 @@ print("removed the temporary layout")
 # 4. Write seedx-tiny in the published layout (`seedx-lab convert --to-published /tmp/pt`), delete one
 #    key from `QwenViT/qwen_vit_G.pt`, and compare the loader's message with what the published
 #    `load_zero3_checkpoint` would have done.
+
+# %% [markdown]
+# ## What you should now know
+# 1. The published SEED-X has the same stages as seedx-tiny at full width: a 448-pixel ViT, LLaMA-13B and SDXL.
+# 2. Its files load into the same classes; on a CPU the notebook checks shapes on the meta device.
+# 3. On a GPU the same cells run the real model in bfloat16.

@@ -160,6 +160,14 @@ def _cmd_claims(args) -> int:
     return 0
 
 
+def _cmd_exercises(args) -> int:
+    from .lab.exercises import write_exercises
+
+    paths = write_exercises(args.out, args.notebooks)
+    print(f"wrote {len(paths) // 2} exercise notebooks (.py and .ipynb, solutions stubbed) to {args.out}")
+    return 0
+
+
 def _add_model_args(p, steps: bool = False):
     p.add_argument("--model", default="seedx-tiny", help="model name in data/ or a folder (default seedx-tiny)")
     p.add_argument("--device", default="cpu")
@@ -239,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--only", type=int, nargs="+", metavar="ID", help="claim numbers to run (default all 12)")
     cl.add_argument("--no-progress", action="store_true")
     cl.set_defaults(func=_cmd_claims)
+    ex = sub.add_parser("exercises", help="write exercise copies of the notebooks (solutions replaced by stubs)")
+    ex.add_argument("out", help="folder to write them to")
+    ex.add_argument("--notebooks", default=None, help="notebook folder (default: the workbook's notebooks/)")
+    ex.set_defaults(func=_cmd_exercises)
     return p
 
 
