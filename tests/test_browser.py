@@ -1,6 +1,10 @@
 """Open the tour notebook in a real browser (Debian's Chromium driven by Playwright), run every cell,
-and check that a widget and an image output rendered. A screenshot is saved under artifacts/."""
+and check that a widget and an image output rendered; then, for every notebook that holds a widget, run it
+up to the widget, change one control and check that the widget's view changes. Screenshots are saved
+under artifacts/."""
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -13,6 +17,33 @@ from _servers import free_port, stop
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+_MAKES_WIDGET = re.compile(r"\bwidgets\.\w+\(")
+WIDGET_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if _MAKES_WIDGET.search(p.read_text()))
+
+
+def _write_up_to_widget(src: Path, dst: Path) -> None:
+    """A copy of notebook ``src`` cut after its first cell that builds (and shows) a widget, outputs cleared."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _MAKES_WIDGET.search(c.source))
+    nb.cells = nb.cells[: end + 1]
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    nbformat.write(nb, dst)
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+
+
+# what the widget shows: its pictures and its text (a change of control must change one of them)
+_VIEW_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets'))
+    .map(e => e.innerText + Array.from(e.querySelectorAll('img')).map(i => i.src.length + ':' + i.src.slice(-64)).join('|'))
+    .join('#')"""
 
 
 
@@ -24,6 +55,8 @@ def lab(tmp_path_factory):
     # work on a copy so the committed notebook (and its outputs) stay untouched
     work = tmp_path_factory.mktemp("nb")
     shutil.copy(ROOT / "notebooks" / "00_tour.ipynb", work / "00_tour.ipynb")
+    for nb in WIDGET_NOTEBOOKS:
+        _write_up_to_widget(nb, work / f"widget_{nb.name}")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(work / ".jupyter"))
     venv_bin = Path(os.sys.executable).parent
     proc = subprocess.Popen([str(venv_bin / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
@@ -81,3 +114,55 @@ def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab):
             page.screenshot(path=str(ARTIFACTS / "00_tour.png"), full_page=False)
             browser.close()
     assert n_widget >= 1 and n_img >= 3
+
+
+@pytest.mark.parametrize("nb", WIDGET_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_widget_answers_a_control_in_chromium(lab, nb):
+    from playwright.sync_api import sync_playwright
+
+    url, token = lab
+    name = f"widget_{nb.name}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = _launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
+            time.sleep(3)
+            page.click("text=Run")
+            page.click("text=Run All Cells")
+            page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets img').length >= 1"
+                                   " || document.querySelectorAll('.jp-OutputArea-output .widget-button').length >= 1",
+                                   timeout=300_000)
+            before, deadline = None, time.time() + 120
+            while time.time() < deadline:                          # the view must be settled before we touch it
+                time.sleep(2)
+                now = page.evaluate(_VIEW_JS)
+                if now == before:
+                    break
+                before = now
+            out = page.locator(".jp-OutputArea-output").last
+            out.scroll_into_view_if_needed()
+            if out.locator(".widget-dropdown select").count():
+                select = out.locator(".widget-dropdown select").first
+                options = select.locator("option").all_inner_texts()
+                current = select.evaluate("s => s.options[s.selectedIndex].text")
+                select.select_option(label=next(o for o in options if o != current))
+                control = "drop-down"
+            elif out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").count():
+                handle = out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").first
+                handle.click()
+                handle.press("ArrowRight")
+                control = "slider"
+            else:
+                out.locator(".widget-button").last.click()
+                control = "button"
+            page.wait_for_function(f"(() => ({_VIEW_JS})() !== {json.dumps(before)})()", timeout=240_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+            assert not any("Traceback" in e for e in errors), errors
+        finally:
+            page.screenshot(path=str(ARTIFACTS / f"{nb.stem}_widget.png"), full_page=False)
+            browser.close()
+    assert control in ("drop-down", "slider", "button")
