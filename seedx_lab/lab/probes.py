@@ -26,7 +26,7 @@ from .trace import trace
 __all__ = ["BoiTrace", "boi_trace", "BlockingStats", "BlockingComparison", "compare_blocking",
            "InterleaveTrace", "interleave"]
 
-from ..tokens import IMG_TOKEN_RE as _IMG_NAME  # noqa: E402  (the one image-token pattern)
+from ..tokens import IMG_TOKEN_RE as _IMG_NAME  # the one image-token pattern
 
 
 def _as_ids(model, prompt_or_ids) -> torch.Tensor:
