@@ -25,6 +25,7 @@ a forced block is appended in one forward pass instead of 65 steps (see :meth:`g
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -161,9 +162,9 @@ def sampling_warpers(temperature: float = 1.0, top_p: float = 1.0):
     unless ``top_p`` is 1. Scores ``[B, V]`` in, scores ``[B, V]`` out (dropped tokens at -inf)."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
+    if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 <= top_p <= 1:
         raise ValueError(f"top_p must be a number in [0, 1], got {top_p!r}")
     warpers = LogitsProcessorList()
     if temperature != 1.0:
@@ -307,7 +308,7 @@ class ContinuousLVLM(nn.Module):
 
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         mask = attention_mask.to(device=input_ids.device, dtype=torch.long) if attention_mask is not None \
             else torch.ones_like(input_ids)
         self.check_prompt_fits(input_ids, max_new_tokens, mask)
@@ -334,7 +335,7 @@ class ContinuousLVLM(nn.Module):
         return self._collect(s.seq, T, s.fed_hidden, s.fed_valid, pad_token_id)
 
     def _prefill(self, input_ids, mask, image_features, ids_cmp_mask, patch_positions, max_new_tokens: int,
-                 forced_ok: bool, recorders, max_blocks, pad_token_id: int = 0) -> "_Decoding":
+                 forced_ok: bool, recorders, max_blocks, pad_token_id: int = 0) -> _Decoding:
         """The prompt's pass over ``input_ids [B, T]`` (``mask [B, T]``), filling a fresh KV cache.
 
         When every row ends in ``<img>`` (and forced blocks are allowed) the block ``[L0]`` (64 image
@@ -378,7 +379,7 @@ class ContinuousLVLM(nn.Module):
                      for b in range(B)]
         return s
 
-    def _choose_next(self, s: "_Decoding", processors, warpers, generator, max_blocks) -> list[int]:
+    def _choose_next(self, s: _Decoding, processors, warpers, generator, max_blocks) -> list[int]:
         """One token id per row (``B``) from the last logits ``s.logits [B, V]``: ``<img>`` is banned for
         rows that used up ``max_blocks``, the processors see the sequence so far ``[B, T + n]`` (real
         tokens, left-padded), then greedy argmax, or (``warpers`` given) a draw from the softmax of the
@@ -398,7 +399,7 @@ class ContinuousLVLM(nn.Module):
         probs = warpers(view, scores).softmax(-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
 
-    def _next_chunks(self, s: "_Decoding", chosen: list[int], forced_ok: bool, max_new_tokens: int) -> list[list[int]]:
+    def _next_chunks(self, s: _Decoding, chosen: list[int], forced_ok: bool, max_new_tokens: int) -> list[list[int]]:
         """What each row feeds next: nothing once done, a pending forced block, ``<img>`` followed by its
         forced block ``[65]`` (fast path), or the chosen token alone; never past ``max_new_tokens``."""
         block = self.token_ids.generation_block()
@@ -416,7 +417,7 @@ class ContinuousLVLM(nn.Module):
         s.pending = [[] for _ in chosen]
         return chunks
 
-    def _feed(self, s: "_Decoding", chunks: list[list[int]], recorders, max_blocks, max_new_tokens: int,
+    def _feed(self, s: _Decoding, chunks: list[list[int]], recorders, max_blocks, max_new_tokens: int,
               eos_token_id, pad_token_id: int) -> None:
         """One LLM pass over the KV cache with the chunks right-padded to ``[B, L]`` (padding masked).
         Keeps the last-layer hidden states ``[B, L, llm_dim]`` and which slots are real ``[B, L]``, and
@@ -498,6 +499,10 @@ class ContinuousLVLM(nn.Module):
                          f"to at most {ctx - n} or shorten the prompt")
 
     def _collect(self, seq, T, fed_hidden, fed_valid, pad_token_id) -> GenerateOutput:
+        """Assemble the output from ``seq [B, T + slots]`` and the fed chunks' hidden states / validity:
+        each row's new tokens without padding slots (right-padded to ``[B, n]``), their hidden states
+        ``[B, n, llm_dim]``, and every generated image block completed to 64 tokens with its
+        output-resampled features ``[64, vit_dim]`` (cut blocks go to ``incomplete_blocks``)."""
         B = seq.shape[0]
         dim = self.llm.config.hidden_size
         if fed_hidden:

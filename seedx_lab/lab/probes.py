@@ -42,7 +42,7 @@ __all__ = ["BoiTrace", "boi_trace", "BlockingStats", "BlockingComparison", "comp
            "Steering", "steering", "Calibration", "calibration", "calibration_from", "SamplingRegime",
            "sampling_regime", "count_irregular", "StoryStates", "story_states"]
 
-from ..tokens import IMG_TOKEN_RE as _IMG_NAME  # noqa: E402  (the one image-token pattern)
+from ..tokens import IMG_TOKEN_RE as _IMG_NAME  # the one image-token pattern
 
 
 def _as_ids(model, prompt_or_ids) -> torch.Tensor:

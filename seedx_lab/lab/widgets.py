@@ -695,7 +695,7 @@ TOKEN_CLASSES = {
     "eoi": "#08519c",         # </img>
     "patch": "#fdae6b",       # <patch>, </patch>
 }
-from ..tokens import IMG_TOKEN_RE as _IMG_RE  # noqa: E402  (the one image-token pattern)
+from ..tokens import IMG_TOKEN_RE as _IMG_RE  # the one image-token pattern
 
 
 def classify_tokens(ids, tokenizer=None, token_ids=None) -> list[str]:
