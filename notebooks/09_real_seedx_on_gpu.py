@@ -388,6 +388,33 @@ if probes is not None:
     for row in cmp_result.table():
         print({k: row[k] for k in ("mode", "outside_steps", "would_win", "chose_blocked", "stray_tokens")})
 
+# %% [markdown]
+# ## 8. Why `<img>`? The causal probes of notebook 10
+# The same interventions as notebook 10, on whichever model loaded: activation patching between a prompt
+# that announces a picture and the same prompt ending in `.` (all cells of a direction in one batch), an
+# attention knockout of the announcing words, and the LLM's attention captured on request (with its size
+# from `estimate_bytes` first: on the 13 B model it is 40 layers x 40 heads x positions²).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+clean, corrupt, announce = (("a big red circle on the left . it looks like this :",
+                             "a big red circle on the left . it looks like this .", "it looks like this")
+                            if not REAL else
+                            ("I went to the beach today. Here is a photo of the sunset I took:",
+                             "I went to the beach today. Here is a photo of the sunset I took.", "Here is a photo"))
+if probes is not None and hasattr(probes, "activation_patching"):
+    n_tok = len(model.encode_ids(clean))
+    print(f"LLM attention of one {n_tok}-token pass would take "
+          f"{estimate_bytes(model, capture=['llm.layers.*.attn'], seq_len=n_tok):,} bytes")
+    g = probes.activation_patching(model, clean, corrupt, batch_size=None if not REAL else 8)
+    print(f"{MODEL}: logit(<img>) clean {g.logit_clean:.2f}, corrupt {g.logit_corrupt:.2f}; "
+          "restored at the last position per site:", ", ".join(f"{v:.2f}" for v in g.denoise[:, -1]))
+    k = probes.attention_knockout(model, clean, announce, windows=[list(range(model.lvlm.llm.config.num_hidden_layers))])
+    print(f"P(<img>) {k.p_base:.3f}; with '{announce}' knocked out in every layer {k.p_knocked[0]:.3f}")
+    fig = g.plot()
+    fig.suptitle(MODEL, fontsize=8)
+    display(fig)
+
 # %%
 # NBVAL_IGNORE_OUTPUT
 import shutil
