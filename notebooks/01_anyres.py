@@ -162,6 +162,37 @@ print("claim 10 holds, with the published details")
 # 2. Tile `skimage.data.rocket()` with `keep_ratio=True` and compare the tiles with the stretched ones.
 # 3. The tiny model of this workbook uses 64-pixel tiles (`base=64`). Does the chosen grid depend on the base?
 #    (Hint: try `choose_resolution(size, base=64)` for the sizes in `rows`.)
+#
+# <details><summary>Answer 1</summary>
+#
+# For a square image only `1x1` and `2x2` have its shape, so the aspect rule picks between them by area,
+# and keeps `1x1` while the image's area is nearer to one tile's than to four tiles'. LLaVA-NeXT's rule wants
+# `2x2` as soon as the image is larger than one tile (more pixels survive). SEED-X keeps the smaller area,
+# so `1x1` wins until the aspect rule changes its mind. The cell below finds the side where that happens.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# With `keep_ratio=True` the rocket is shrunk to fit inside the chosen grid and the rest is black: shapes keep
+# their proportions, but part of every tile along the long side is padding instead of picture. Stretching
+# fills every pixel and distorts the shapes instead.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# It can: the LLaVA-NeXT rule caps the effective resolution at the image's own area, and with 64-pixel tiles
+# most images are larger than every candidate, so the rule ranks candidates differently. The second cell
+# below counts how many of the sizes in `rows` get another grid with `base=64`.
+# </details>
+
+# %%
+side = next(n for n in range(449, 3000) if anyres.choose_resolution((n, n), 448).grid == (2, 2))
+print(f"smallest square image that gets 2x2: {side} x {side}")
+
+# %%
+changed = sum(anyres.choose_resolution((w, h), 448).grid != anyres.choose_resolution((w, h), 64).grid
+              for w, h, *_ in rows)
+print(f"{changed} of {len(rows)} sizes get a different grid with base=64 than with base=448")
 
 # %% [markdown]
 # ## Build it yourself
