@@ -34,12 +34,6 @@ STORIES = ["we start with a big red circle on the left . it looks like this :",
            "a drawing lesson . first a small blue square in the middle . it looks like this :"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    from seedx_lab.training import build_model
-    return build_model(0).eval()                         # the seedx-tiny shapes, random weights
-
-
 class OpenBlockEvery(LogitsProcessor):
     """Makes ``<img>`` the top choice in row b once ``period[b]`` tokens followed the last ``</img>``
     or ``:`` (a story's trigger phrase ends in ``:``). It reads only the sequence, so the fast path

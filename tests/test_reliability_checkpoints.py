@@ -24,11 +24,6 @@ KEY = "lvlm.patch_pos_embed"          # a small, always present parameter
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_model(0).eval()
-
-
-@pytest.fixture(scope="module")
 def good(model, tmp_path_factory):
     return model.save(tmp_path_factory.mktemp("good") / "ckpt")
 

@@ -14,16 +14,10 @@ from PIL import Image
 
 from seedx_lab import anyres as A
 from seedx_lab import images as I
-from seedx_lab.training import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
 BASE = 16
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model(0).eval()
 
 
 def raised_by_us(excinfo):

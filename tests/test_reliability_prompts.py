@@ -22,17 +22,11 @@ from PIL import Image
 from seedx_lab import tokens as T
 from seedx_lab.anyres import tile_image
 from seedx_lab.generation import AutoImageTokenGenerationProcessor
-from seedx_lab.training import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
 IMAGE = Image.new("RGB", (40, 20), (0, 128, 255))
 SPECIAL = ["<img>", "</img>", "<patch>", "</patch>", "<img_00012>", "<img_00150>", "</s>", "<s>", "<pad>"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model(0).eval()
 
 
 class Reached(Exception):

@@ -12,12 +12,6 @@ from seedx_lab.training.data import _cells, position_labels
 from seedx_lab.training.trainer import TrainConfig, Trainer, read_log
 
 
-@pytest.fixture(scope="module")
-def model():
-    from seedx_lab.training import build_model
-    return build_model(0).eval()
-
-
 def test_cells_are_raster_order_pixel_blocks():
     x = torch.arange(3 * 8 * 8, dtype=torch.float).view(3, 8, 8)
     c = _cells(x, 4)                                   # 16 cells of 2x2 pixels

@@ -15,11 +15,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_model(0).eval()
-
-
-@pytest.fixture(scope="module")
 def wide():
     return W.render(W.sample_scene(1, width=128, height=64))      # 128x64 -> grid 2x1 at base 64
 
