@@ -285,8 +285,8 @@ print(f"probability left on blocked tokens, faithful: min {mass_faithful.min():.
 print(f"probability left on blocked tokens, strict:   max {mass_strict.max():.0e}")
 
 # %% [markdown]
-# On the trained model the best text token almost always scores above zero, so greedy decoding is not
-# fooled here. But `0.0` is not a ban: it is a *score*, and it wins exactly when all other scores are
+# Does the best text token score above zero at these positions, so that greedy decoding is not fooled? The
+# counts above answer. Either way `0.0` is not a ban: it is a *score*, and it wins exactly when all other scores are
 # negative. Because the softmax ignores a constant shift, we can make that happen without changing what
 # the model believes: subtract `max + 1` from a real row. The distribution over the words is the same, the
 # "blocked" tokens now win.
@@ -304,7 +304,8 @@ assert torch.equal(would_win, all_negative), "0.0 should win exactly when every 
 assert mass_faithful.min() > 0 and mass_strict.max() == 0
 assert same_belief and bool(G.blocked_token_would_win(shifted, tid)[0])
 print("claim #4 is only half true: 0.0 blocks while the text scores are positive, not in general "
-      f"(here it failed at {would_win.float().mean():.1%} of positions; a shift of the scores makes it fail)")
+      f"(a blocked token won at {int(would_win.sum())} of {len(real)} positions here; a shift of the scores makes "
+      f"it win; sampling at temperature 1 would pick one with probability {mass_faithful.mean():.1e} per step)")
 
 # %% [markdown]
 # ## 4. Claim #7 — the forced block is deterministic
