@@ -293,7 +293,7 @@ class DetokenizerConfig:
             layers_per_block=1,
             norm_num_groups=8,
             mid_block_add_attention=False,
-            scaling_factor=1.0,  # set by Detokenizer.calibrate_scaling_factor after VAE training
+            scaling_factor=1.0,  # set by training.detok_losses.calibrate_scaling_factor after VAE training
             force_upcast=False,
         )
         return cls(
