@@ -47,6 +47,23 @@ _VIEW_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output 
 
 
 
+def _run_all(page, tries: int = 3) -> None:
+    """Run > Run All Cells from the menu bar, by exact labels (a bare ``text=Run`` also matches notebook text),
+    and see a cell start; a click that a late layout swallowed is tried again."""
+    started = "document.querySelectorAll('.jp-InputArea-prompt').length && Array.from(document.querySelectorAll(" \
+              "'.jp-InputArea-prompt')).some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+    for attempt in range(tries):
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+        try:
+            page.wait_for_function(f"() => {started}", timeout=30_000)
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -96,8 +113,7 @@ def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab):
             page.click("text=Edit")
             page.click("text=Clear Outputs of All Cells")
             assert page.locator(".jp-OutputArea-output img").count() == 0
-            page.click("text=Run")
-            page.click("text=Run All Cells")
+            _run_all(page)
             # a live widget (the tiling viewer's drop-down) and image outputs must appear
             page.wait_for_selector(".jp-OutputArea-output .widget-dropdown select, .jp-OutputArea-output .jupyter-widgets",
                                    timeout=240_000)
@@ -131,8 +147,7 @@ def test_every_widget_answers_a_control_in_chromium(lab, nb):
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
             time.sleep(3)
-            page.click("text=Run")
-            page.click("text=Run All Cells")
+            _run_all(page)
             page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets img').length >= 1"
                                    " || document.querySelectorAll('.jp-OutputArea-output .widget-button').length >= 1",
                                    timeout=300_000)
