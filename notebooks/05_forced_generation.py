@@ -594,7 +594,7 @@ checks.check_forcing_rule(force, mode="strict")
 # %%
 for seed in (0, 1):
     checks.draw_with(model, seed=seed, num_inference_steps=10, forcing_rule=force)
-checks.describe_with(model, seed=0, forcing_rule=force);
+run = checks.describe_with(model, seed=0, forcing_rule=force)
 
 # %% [markdown]
 # ## What you should now know
