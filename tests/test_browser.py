@@ -53,6 +53,7 @@ def _run_all(page, tries: int = 3) -> None:
     started = "document.querySelectorAll('.jp-InputArea-prompt').length && Array.from(document.querySelectorAll(" \
               "'.jp-InputArea-prompt')).some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
     for attempt in range(tries):
+        page.locator(".jp-Notebook .jp-Cell").first.click()            # the notebook must be the current widget
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
         try:
@@ -143,7 +144,10 @@ def test_every_widget_answers_a_control_in_chromium(lab, nb):
         browser = _launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=90_000)
+            # a workspace of its own, reset: JupyterLab would otherwise reopen the earlier tests' notebooks,
+            # and Run All could go to one of them
+            page.goto(f"{url}/lab/workspaces/{nb.stem.replace('_', '-')}/tree/{name}?token={token}&reset",
+                      timeout=90_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
             time.sleep(3)
