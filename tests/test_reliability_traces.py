@@ -40,6 +40,7 @@ def assert_clean(model, reference):
     assert hooks(model) == reference["hooks"]
     assert model.lvlm.generation_observers == []
     assert model.detok.scheduler.__dict__.keys() == reference["sched"].keys()
+    assert model.detok.step_callbacks == []
     assert all(model.detok.scheduler.__dict__[k] is v for k, v in reference["sched"].items()
                if callable(v))
     assert not model.training
@@ -137,7 +138,7 @@ def test_keyboard_interrupt_inside_a_trace(model, reference):
 def test_an_error_while_installing_removes_what_was_installed(model, reference, monkeypatch):
     from seedx_lab import trace as trace_module
 
-    monkeypatch.setattr(trace_module.Trace, "_wrap_scheduler", lambda self, detok: (_ for _ in ()).throw(Boom("x")))
+    monkeypatch.setattr(trace_module.Trace, "_watch_steps", lambda self, detok: (_ for _ in ()).throw(Boom("x")))
     with pytest.raises(Boom):
         with trace(model):
             raise AssertionError("the body must not run")

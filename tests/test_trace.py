@@ -180,11 +180,15 @@ def test_diffusion_steps_equal_what_a_callback_receives(model, image_run):
         model.draw(feats, num_inference_steps=3, seed=7,
                    callback=lambda i, ts, lat, npred: seen.append((i, ts.clone(), lat.clone(), npred.clone())))
     assert [s[0] for s in seen] == [0, 1, 2]
-    assert len(t) == 9
+    assert len(t) == 12
     for i, ts, lat, npred in seen:
         assert torch.equal(t[f"detok.step.{i}.timestep"], ts)
         assert torch.equal(t[f"detok.step.{i}.latents"], lat)
         assert torch.equal(t[f"detok.step.{i}.noise_pred"], npred)
+    # Euler's last step goes to sigma 0, where the step lands on its own clean estimate: x0 = latents
+    torch.testing.assert_close(t["detok.step.2.pred_original_sample"], t["detok.step.2.latents"])
+    assert not torch.allclose(t["detok.step.0.pred_original_sample"], t["detok.step.0.latents"], atol=1e-3)
+    assert model.detok.step_callbacks == [] and "step" not in model.detok.scheduler.__dict__
     # no callback, straight through Detokenizer.sample: the steps are still captured, same numbers
     with trace(model, capture=["detok.step.*"]) as t2:
         model.detok.sample(feats[None], num_inference_steps=3, guidance_scale=model.config.guidance_scale,

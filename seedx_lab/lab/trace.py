@@ -68,10 +68,11 @@ De-tokenizer (``model.detok``):
 ``detok.step.{k}.timestep``        []                           the timestep of step k
 =================================  ===========================  ========================================
 
-The ``detok.step`` entries are exactly what a ``Detokenizer.sample(callback=...)`` callback receives
-as ``(k, timestep, latents, noise_pred)``, and they are captured whether or not the caller passes a
-callback: while the trace is active, ``model.detok.scheduler.step`` and ``set_timesteps`` are wrapped
-on the instance (removed on exit). With guidance (``guidance_scale > 1``) the de-tokenizer's
+``detok.step.{k}.pred_original_sample`` ``[B, C, h, w]`` is the scheduler's estimate of the clean latents at
+step k. The ``detok.step`` entries are what the de-tokenizer's step callbacks receive (diffusers'
+``callback_on_step_end`` pattern): while the trace is active it watches ``Detokenizer.sample`` through
+``detok.watching_steps``, so the steps are captured whether or not the caller passes a callback of its own,
+and nothing of the scheduler is replaced. A denoising loop written outside ``Detokenizer.sample`` is not seen. With guidance (``guidance_scale > 1``) the de-tokenizer's
 resampler runs twice per image, conditional first, then on the negative (zero) features.
 
 Generation:
@@ -342,6 +343,8 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint("detok.step.{k}.timestep", "detok", "[]", lambda st: 0, None, "special",
               lambda st, s: _if(s.images, () if s.images == 1 else (s.images,)), editable=False,
               dtype=torch.float32),
+    HookPoint("detok.step.{k}.pred_original_sample", "detok", "[B, C, h, w]", lambda st: 0, None, "special",
+              _latent, editable=False),
 )
 _STEP_POINTS = [hp for hp in HOOK_POINTS if "{k}" in hp.pattern]
 _LAYER_NAME = re.compile(r"^(vit\.blocks|llm\.layers)\.(\d+)(\.hidden|\.attn)?$")
@@ -553,7 +556,7 @@ class Trace:
             self._undo.append(self._close_processors)
         if st.detok is not None and w.may_match("detok.step.") and any(
                 w(hp.pattern.replace("{k}", str(k))) for k in range(MAX_STEPS) for hp in _STEP_POINTS):
-            self._wrap_scheduler(st.detok)
+            self._watch_steps(st.detok)
 
     def _context(self, name: str, hp: HookPoint, idx, value) -> EditContext:
         if hp.seq_dim is not None:
@@ -668,39 +671,19 @@ class Trace:
 
         self._handles.append(dec.layers[0].register_forward_pre_hook(start, with_kwargs=True))
 
-    def _wrap_scheduler(self, detok) -> None:
-        """Wrap ``detok.scheduler.step`` / ``set_timesteps`` on the instance to see every diffusion step."""
-        sched = detok.scheduler
-        prev = {k: sched.__dict__[k] for k in ("step", "set_timesteps") if k in sched.__dict__}
-        inner_step, inner_set = sched.step, sched.set_timesteps
-        count = [0]
-
-        def set_timesteps(*args, **kwargs):
-            count[0] = 0
-            return inner_set(*args, **kwargs)
-
-        def step(model_output, timestep, sample, *args, **kwargs):
-            out = inner_step(model_output, timestep, sample, *args, **kwargs)
-            k = count[0]
-            count[0] += 1
+    def _watch_steps(self, detok) -> None:
+        """Register a step callback with the de-tokenizer (removed on exit) that records every step of
+        ``Detokenizer.sample``: the latents after the step, the (guided) noise prediction, the timestep and
+        the scheduler's ``pred_original_sample``."""
+        def on_step(_detok, k, timestep, tensors):
             if self._active:
-                latents = out[0] if isinstance(out, tuple) else out.prev_sample
-                self._record(f"detok.step.{k}.latents", latents)
-                self._record(f"detok.step.{k}.noise_pred", model_output)
+                self._record(f"detok.step.{k}.latents", tensors["latents"])
+                self._record(f"detok.step.{k}.noise_pred", tensors["noise_pred"])
                 self._record(f"detok.step.{k}.timestep", torch.as_tensor(timestep))
-            return out
+                self._record(f"detok.step.{k}.pred_original_sample", tensors["pred_original_sample"])
 
-        sched.step, sched.set_timesteps = step, set_timesteps
-
-        def undo():
-            if sched.__dict__.get("step") is step:          # we are on top: restore what was there
-                for k, mine in (("step", step), ("set_timesteps", set_timesteps)):
-                    if k in prev:
-                        setattr(sched, k, prev[k])
-                    else:
-                        del sched.__dict__[k]
-            # else a later trace wrapped on top of us and is still active; ours stays as a pass-through
-        self._undo.append(undo)
+        detok.step_callbacks.append(on_step)
+        self._undo.append(lambda: _remove_by_identity(detok.step_callbacks, on_step))
 
     # ------------------------------------------------------------ generation observer
     def on_generate(self, processors) -> None:

@@ -1297,7 +1297,7 @@ class DiffusionScrubber(StageView):
         _style(axes[0], f"latents after step {k + 1}/{self.n_steps}\n(t={t:.0f}, sigma {self.sigmas[k + 1]:.3f})")
         if self.x0 is not None:
             axes[1].imshow(self.x0[k], interpolation="nearest")
-            _style(axes[1], f"predicted clean image at step {k + 1}\n(latents - sigma_next * noise_pred)")
+            _style(axes[1], f"predicted clean image at step {k + 1}\n(the scheduler's pred_original_sample)")
         final = _as_uint8(self.image) if self.image is not None else self.decoded[-1]
         axes[-1].imshow(final, interpolation="nearest")
         _style(axes[-1], "final image")
@@ -1331,12 +1331,11 @@ def diffusion_scrubber(model, caption: str | None = None, num_inference_steps: i
 
     from .trace import trace as make_trace
 
-    image, x0_steps = None, []
+    image = None
     if trace is None:
         if caption is None:
             raise ValueError("give a caption (or a finished trace=)")
-        keep_x0 = lambda detok, i, t, kw: x0_steps.append(kw["pred_original_sample"][0])   # [C, h, w]
-        with make_trace(model, capture=["detok.step.*"]) as t, model.detok.watching_steps(keep_x0):
+        with make_trace(model, capture=["detok.step.*"]) as t:
             res = model.generate_image(caption, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, seed=seed)
         image = res.image
@@ -1358,9 +1357,10 @@ def diffusion_scrubber(model, caption: str | None = None, num_inference_steps: i
         if not np.allclose(seen, timesteps):
             raise ValueError("the captured timesteps do not match an Euler schedule of this length")
     decoded = _decode(detok, latents)
-    if not x0_steps and all(f"detok.step.{k}.pred_original_sample" in t for k in steps):
-        x0_steps = [_step_tensor(t, f"detok.step.{k}.pred_original_sample")[0] for k in steps]
-    x0 = _decode(detok, torch.stack(x0_steps).float()) if len(x0_steps) == len(steps) else None
+    x0 = None
+    if all(f"detok.step.{k}.pred_original_sample" in t for k in steps):
+        x0 = _decode(detok, torch.stack([_step_tensor(t, f"detok.step.{k}.pred_original_sample")[0]
+                                         for k in steps]).float())
     return DiffusionScrubber(latents, decoded, x0, timesteps, sigmas, caption, image)
 
 
