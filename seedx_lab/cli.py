@@ -66,6 +66,29 @@ def _device_kwargs(args):
     return dict(device=V.device("--device", args.device), dtype=dtype)
 
 
+def _settings(pairs: list[str], config_cls, reserved=()) -> dict:
+    """``--set NAME=VALUE`` pairs as config fields: VALUE is read as JSON (numbers, true/false, null, lists)
+    and otherwise kept as a string; names that are not fields of ``config_cls`` are refused, naming them."""
+    import dataclasses
+    import json
+
+    fields = [f.name for f in dataclasses.fields(config_cls) if f.name not in reserved and f.name != "quick"]
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq or not name:
+            raise ValueError(f"--set takes NAME=VALUE, got {pair!r}")
+        if name not in fields:
+            hint = f" (it has its own option --{name.replace('_', '-')})" if name in reserved else ""
+            raise ValueError(f"--set: {name!r} is not a setting{hint}; settings: {', '.join(fields)}")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def _cmd_train(args) -> int:
     from .training.trainer import TrainConfig, train
 
@@ -78,6 +101,7 @@ def _cmd_train(args) -> int:
         kw["threads"] = args.threads
     if args.sequential:
         kw["parallel"] = False
+    kw.update(_settings(args.set or [], TrainConfig, reserved=("out", "work", "seed", "device", "threads", "parallel")))
     cfg = TrainConfig.quick_run(**kw) if args.quick else TrainConfig(**kw)
     train(cfg, fresh=args.fresh, progress=not args.no_progress)
     return 0
@@ -204,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "two processes of half the threads each)")
     tr.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="any other TrainConfig field, e.g. --set llm_steps=500 --set vit_batch=64 (repeatable)")
     tr.set_defaults(func=_cmd_train)
     ta = sub.add_parser("train-typea", help="train chameleon-tiny (Type A: VQ codes as LLM tokens) on the same world")
     ta.add_argument("--grid", type=int, default=4, choices=[4, 8], help="code grid side: 4 (16 codes) or 8 (64 codes)")

@@ -295,7 +295,7 @@ def test_comprehension_pool_keeps_only_a_share_of_lone_objects(tmp_path):
         with pytest.raises(ValueError, match=rf"comprehension_keep_single must be in \(0, 1\], got {bad}"):
             TrainConfig(comprehension_keep_single=bad)
     for bad in (0, 2.5, None):
-        with pytest.raises(ValueError, match=rf"comprehension_batch must be a positive int, got {bad!r}"):
+        with pytest.raises(ValueError, match=rf"comprehension_batch must be an int >= 1, got {bad!r}"):
             TrainConfig(comprehension_batch=bad)
 
 

@@ -79,9 +79,19 @@ class TrainConfig:
         V.seed("seed", self.seed, allow_none=False)
         V.positive_int("threads", self.threads, high=4096, allow_none=True)
         self.out, self.work = (str(V.path_like(k, getattr(self, k))) for k in ("out", "work"))   # a JSON-able config
-        if isinstance(self.comprehension_batch, bool) or not isinstance(self.comprehension_batch, int) \
-                or self.comprehension_batch < 1:
-            raise ValueError(f"comprehension_batch must be a positive int, got {self.comprehension_batch!r}")
+        for name in ("vit_steps", "vit_batch", "vae_steps", "vae_batch", "cache_size", "comprehension_pool",
+                     "story_pool", "unet_steps", "unet_batch", "llm_steps", "llm_batch", "comprehension_batch",
+                     "ckpt_every", "log_every", "vit_pool"):
+            v = getattr(self, name)
+            low = 0 if name == "vit_pool" else 1                   # vit_pool 0: render every batch afresh
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        for name in ("lr", "llm_lr", "unet_lr", "vit_shape_weight", "vit_colour_weight", "vae_foreground_weight"):
+            v = getattr(self, name)
+            if v is None and name == "unet_lr":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
         if not 0.0 <= self.story_text_only <= 1.0:
             raise ValueError(f"story_text_only must be in [0, 1], got {self.story_text_only}")
         if not 0.0 < self.comprehension_keep_single <= 1.0:

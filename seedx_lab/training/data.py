@@ -134,6 +134,11 @@ class ViTHeads(nn.Module):
         return (pixels, colour, shape, xy, self.colour(g).view(-1, N_POS, self.split[1]),
                 self.shape(g).view(-1, N_POS, self.split[2]))
 
+    def shapes_present(self, cell_shape) -> int:
+        """How many (image, shape) pairs :meth:`object_shape_loss` averages over (cell_shape ``[B, 256]``)."""
+        member = F.one_hot(cell_shape, self.object_shape.out_features + 1)[..., 1:]     # [B, 256, S]
+        return int((member.sum(1) > 0).sum())
+
     def object_shape_loss(self, feats, cell_shape):
         """Cross-entropy of naming each shape present from the *mean* of the tokens of its cells
         (feats ``[B, 256, D]``, cell_shape ``[B, 256]``, 0 = background). One token alone cannot tell a

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 __all__ = ["noise_schedule", "add_noise", "training_target", "denoising_loss", "vae_loss", "foreground_mask",
-           "calibrate_scaling_factor"]
+           "pixel_weights", "posterior_noise", "calibrate_scaling_factor"]
 
 
 def noise_schedule(detok) -> DDPMScheduler:
@@ -48,7 +48,7 @@ def training_target(detok, latents: torch.Tensor, noise: torch.Tensor, timesteps
 
 def denoising_loss(detok, features: torch.Tensor, images: torch.Tensor | None, generator: torch.Generator | None = None,
                    cond_drop_prob: float | None = None, latents: torch.Tensor | None = None,
-                   timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                   timesteps: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
     """Denoising MSE (against :func:`training_target`) for features ``[B, N, embedding_dim]`` and their images
     ``[B, 3, H, W]`` in [-1, 1]; the VAE is frozen, the resampler and UNet get gradients.
 
@@ -56,7 +56,9 @@ def denoising_loss(detok, features: torch.Tensor, images: torch.Tensor | None, g
     ``timesteps``: the training timesteps ``[B]`` (default: uniform over the scheduler's).
     ``cond_drop_prob`` (default ``detok.config.cond_drop_prob``): chance to replace a sample's features by
     zeros, so the model learns the unconditional branch that guidance uses. Random draws, in order:
-    VAE posterior sample (when encoding), noise, timesteps, condition dropout."""
+    VAE posterior sample (when encoding), noise, timesteps, condition dropout.
+    ``rows``: train on these rows only, after every random draw was made for the whole batch (a data-parallel
+    process's share of a global batch draws what one process would draw for those rows)."""
     from ..detokenizer import _randn
 
     d = detok
@@ -87,6 +89,8 @@ def denoising_loss(detok, features: torch.Tensor, images: torch.Tensor | None, g
     if p > 0:  # condition dropout: learn the "zero features" branch used by guidance
         keep = torch.rand(B, generator=generator, device=gen_device).to(d.device) >= p   # [B]
         features = features * keep.view(B, 1, 1).to(features.dtype)
+    if rows is not None:
+        features, latents, noise, noisy, t = (x[rows] for x in (features, latents, noise, noisy, t))
 
     encoder_hidden_states, text_embeds, time_ids = d.encode_condition(features, H, W)
     pred = d.unet(noisy, t, encoder_hidden_states=encoder_hidden_states,
@@ -113,12 +117,30 @@ def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, foreground_w
     err = diff ** 2 + l1_weight * diff.abs() if l1_weight else diff ** 2
     if foreground_weight == 1.0:
         return err.mean()
-    w = 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())          # [B, 1, H, W]
+    w = pixel_weights(images, foreground_weight)                                    # [B, 1, H, W]
     return (err * w).mean() / w.mean()
 
 
+def pixel_weights(images: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """``[B, 1, H, W]``: ``foreground_weight`` on the object pixels of images ``[B, 3, H, W]`` in [-1, 1]
+    (:func:`foreground_mask`), 1 elsewhere."""
+    return 1.0 + (foreground_weight - 1.0) * foreground_mask(images.float())
+
+
+def posterior_noise(detok, image_shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The unit noise ``[B, C, h, w]`` that ``latent_dist.sample(generator)`` would draw for images of
+    ``image_shape`` ``[B, 3, H, W]`` (diffusers' ``randn_tensor``, the VAE's device and dtype)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    B, _, H, W = image_shape
+    f = detok.vae_scale_factor
+    shape = (B, detok.vae.config.latent_channels, H // f, W // f)
+    return randn_tensor(shape, generator=generator, device=detok.vae.device, dtype=detok.vae.dtype)
+
+
 def vae_loss(detok, images: torch.Tensor, kl_weight: float = 1e-3, generator: torch.Generator | None = None,
-             foreground_weight: float = 1.0, l1_weight: float = 0.0) -> torch.Tensor:
+             foreground_weight: float = 1.0, l1_weight: float = 0.0, noise: torch.Tensor | None = None,
+             share=None) -> torch.Tensor:
     """Reconstruction error + kl_weight * KL(q(z|x) || N(0, I)) per latent element, for training the tiny
     VAE; images ``[B, 3, H, W]`` in [-1, 1].
 
@@ -126,16 +148,27 @@ def vae_loss(detok, images: torch.Tensor, kl_weight: float = 1e-3, generator: to
     on pixels far from the image's background (:func:`foreground_mask`) and 1 elsewhere. With the defaults
     (1, 0) it is plain MSE. Flat pictures are mostly background; without the weight the VAE learns the
     background first and shifts the hue of small objects (red drifting to purple). The L1 term keeps flat
-    colours saturated."""
+    colours saturated.
+
+    ``noise``: the posterior's unit noise ``[B, C, h, w]`` (:func:`posterior_noise`), instead of a draw from
+    ``generator``. ``share(mean, count)``: what a data-parallel process makes of each mean over its rows
+    (:meth:`seedx_lab.training.distributed.Shard.mean`); the reconstruction error is a weighted mean, so
+    its count is the sum of the pixel weights."""
     d = detok
     d._check_images(images)
     if foreground_weight <= 0 or l1_weight < 0:
         raise ValueError(f"foreground_weight must be > 0 and l1_weight >= 0, got {foreground_weight}, {l1_weight}")
     images = images.to(d.device, d.vae.dtype)
     posterior = d.vae.encode(images).latent_dist
-    z = posterior.sample(generator)                                                  # [B, C, h, w]
+    if noise is None:
+        z = posterior.sample(generator)                                              # [B, C, h, w]
+    else:
+        z = posterior.mean + posterior.std * noise.to(posterior.mean)                # what sample() computes
     rec = reconstruction_error(d.vae.decode(z).sample, images, foreground_weight, l1_weight)
     kl = posterior.kl().float().mean() / z[0].numel()
+    if share is not None:
+        weight = images[:, :1].numel() if foreground_weight == 1.0 else pixel_weights(images, foreground_weight).sum()
+        rec, kl = share(rec, weight), share(kl, images.shape[0])
     return rec + kl_weight * kl
 
 

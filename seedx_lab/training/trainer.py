@@ -19,9 +19,13 @@ task of each step in turn). The mix is a time budget: caption steps are short an
 comprehension steps are long and teach describing, story and text-only steps teach when ``<img>`` belongs.
 
 Stages b and c both start from the finished ViT and never read each other, so on a CPU they run side by
-side (``parallel``): two spawned "lanes", ``detok`` (stage b) and ``llm`` (stage c), of half the threads each,
-because models this small use a second thread poorly (``benchmarks/lanes.py``). A lane's weights are what one
+side (``parallel``): two child processes ("lanes"), ``detok`` (stage b) and ``llm`` (stage c), of half the threads
+each, because models this small use a second thread poorly (``benchmarks/lanes.py``). A lane's weights are what one
 process with the lane's thread count would write, bit for bit (a test checks it).
+
+Every stage's loop runs through ``accelerate`` (:mod:`seedx_lab.training.distributed`): in one process that changes
+nothing; under ``accelerate launch --num_processes N`` each process trains on its share of every global batch and
+DDP averages the gradients, following one process's run to float rounding.
 
 Everything is seeded; progress bars show each stage; every stage logs to ``train_log.csv``; a resumable state
 (``state.pt``; ``state-detok.pt`` and ``state-llm.pt`` while the lanes run, merged when both are done; all
@@ -34,14 +38,14 @@ import csv
 import json
 import math
 import os
-import queue
 import random
+import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import asdict
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
@@ -55,6 +59,7 @@ from ..sequences import caption_pieces, collate, comprehension_pieces, encode_pi
 from ..shapeworld import world as W
 from .config import LANE_PARAMS, LANES, STAGE_ORDER, TrainConfig, build_model
 from . import data as D, detok_losses
+from .distributed import Shard, StageModule, make_accelerator
 from .data import ViTHeads, _seed_of, image_to_unit, unet_timesteps, vit_batch, vit_pool
 from .workdir import MAY_CHANGE, WorkLock, config_changes, note, trim_log
 
@@ -86,6 +91,18 @@ class CSVLog:
 
     def close(self):
         self.f.close()
+
+
+class _NoLog:
+    """The log of a data-parallel process other than the main one: it writes nothing."""
+
+    t0 = None
+
+    def write(self, *args, **kw):
+        pass
+
+    def close(self):
+        pass
 
 
 def _atomic_save(obj, path: Path):
@@ -124,14 +141,20 @@ class Trainer:
             V.output_folder("work", cfg.work)
             V.output_folder("out", cfg.out)
             self.device = V.device("device", cfg.device)
-            self.work.mkdir(parents=True, exist_ok=True)
-            self.lock = WorkLock(self.work)      # a lane runs under its parent's lock
-            if self.lock.stale:
-                note(f"took over the lock of a run that ended without releasing it ({self.lock.stale})")
         else:
             self.device = torch.device(cfg.device)
+        # one process, or one of N under `accelerate launch` (data parallel; see training/distributed.py)
+        self.accelerator = make_accelerator(self.device)
+        self.shard = Shard(self.accelerator)
+        if self.shard.world > 1:
+            self.device = self.accelerator.device          # cuda:<local rank> on GPUs; the CPU stays the CPU
+        if lane is None and self.shard.main:
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.lock = WorkLock(self.work)      # a lane, or a non-main process, runs under the main one's lock
+            if self.lock.stale:
+                note(f"took over the lock of a run that ended without releasing it ({self.lock.stale})")
         self.state_path = self.work / ("state.pt" if lane is None else f"state-{lane}.pt")
-        self.progress = progress
+        self.progress = progress and self.shard.main
         try:
             if cfg.threads and lane is None:
                 torch.set_num_threads(cfg.threads)
@@ -139,15 +162,16 @@ class Trainer:
             self.done: list[str] = []
             self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
             if fresh:
-                for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
-                    (self.work / f).unlink(missing_ok=True)
+                if self.shard.main:
+                    for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
+                        (self.work / f).unlink(missing_ok=True)
             elif self.state_path.exists():
                 self._load_state(self.state_path)
             elif lane is not None:                       # a lane starts from the main state (the finished ViT)
                 self._load_state(self.work / "state.pt")
-            if lane is None and not fresh:
+            if lane is None and not fresh and self.shard.main:
                 self._trim_log()
-            self.log = CSVLog(self.work / "train_log.csv", t0=t0)
+            self.log = CSVLog(self.work / "train_log.csv", t0=t0) if self.shard.main else _NoLog()
         except BaseException:
             self.release()
             raise
@@ -159,11 +183,14 @@ class Trainer:
 
     @property
     def parallel(self) -> bool:
-        """Whether stages b and c run as two lane processes (``cfg.parallel`` on a CPU)."""
-        return self.cfg.parallel and self.device.type == "cpu"
+        """Whether stages b and c run as two lane processes (``cfg.parallel`` on a CPU, in one process: data
+        parallel processes run the stages in turn)."""
+        return self.cfg.parallel and self.device.type == "cpu" and self.shard.world == 1
 
     # -- state ---------------------------------------------------------------
     def _save_state(self, stage, step, opt):
+        if not self.shard.main:
+            return
         _atomic_save(dict(config=asdict(self.cfg), done=self.done, stage=stage, step=step,
                           model=self.model.state_dict(), opt=opt.state_dict() if opt else None,
                           scaling_factor=float(self.model.detok.vae.config.scaling_factor)), self.state_path)
@@ -236,27 +263,35 @@ class Trainer:
         if self.remote is not None:
             return _RemoteBar(self.remote, stage, start, total)
         return tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total,
-                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+                    disable=not self.progress or not self.shard.main, dynamic_ncols=True, mininterval=1.0)
 
-    def _loop(self, stage, params, total, lr, step_fn):
-        """Generic optimisation loop with cosine LR, logging, periodic atomic checkpoints."""
+    def _loop(self, stage, modules, params, total, lr, step_fn):
+        """Generic optimisation loop with cosine LR, logging, periodic atomic checkpoints, through
+        ``accelerate``: ``modules`` (the ones that own ``params``) and the optimiser are prepared, so that under
+        ``accelerate launch`` DDP averages the gradients of the processes' shares of each batch."""
         if stage in self.done:
             return
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         start = self._start(stage, opt)
+        acc, shard = self.accelerator, self.shard
+        if acc.ddp_handler is not None:      # only stage c has steps that leave parameters unused (text-only)
+            acc.ddp_handler.find_unused_parameters = stage == "llm"
+        model, opt = acc.prepare(StageModule(modules, step_fn), opt)
         torch.manual_seed(_seed_of(self.cfg, stage, start, 0))
         bar = self._bar(stage, total, start)
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = _cosine(step, total, lr)
-            loss, p1, p2 = step_fn(step)
+            loss, p1, p2 = model(step)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            acc.backward(loss)
+            acc.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % self.cfg.log_every == 0 or step == total - 1:
-                self.log.write(stage, step, float(loss.detach()), p1, p2, opt.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                value = shard.average(loss.detach())                 # the global loss: the mean of the shares
+                p1, p2 = (None if p is None else shard.average(p) for p in (p1, p2))
+                self.log.write(stage, step, value, p1, p2, opt.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{value:.4f}")
             if (step + 1) % self.cfg.ckpt_every == 0 and step + 1 < total:
                 self._save_state(stage, step + 1, opt)
         self.done.append(stage)
@@ -280,20 +315,23 @@ class Trainer:
         yy, xx = torch.meshgrid(g16, g16, indexing="ij")
         where = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)                  # [256, 2] cell centres
 
+        share = self.shard.mean                     # each mean below over this process's rows (see distributed.py)
+        rows = self.shard.rows(cfg.vit_batch, "vit_batch")
+
         def step(i):
-            pix, cells, ccol, cshp, cols, shps = (t.to(self.device) for t in vit_batch(cfg, i, base))
+            pix, cells, ccol, cshp, cols, shps = (t[rows].to(self.device) for t in vit_batch(cfg, i, base))
             feats = m.vit(pix)
             p_pix, p_col, p_shp, p_xy, col_logits, shp_logits = heads(feats)
-            rec = F.mse_loss(p_pix, cells)
-            local = F.cross_entropy(p_col.flatten(0, 1), ccol.flatten(), weight=colour_w) + \
-                F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten(), weight=shape_w) + \
-                10 * F.mse_loss(p_xy, where.expand_as(p_xy))
-            cls = F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100) + \
-                F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100) + \
-                cfg.vit_object_weight * heads.object_shape_loss(feats, cshp)
+            rec = share(F.mse_loss(p_pix, cells), cells.numel())
+            local = share(F.cross_entropy(p_col.flatten(0, 1), ccol.flatten(), weight=colour_w), colour_w[ccol].sum()) + \
+                share(F.cross_entropy(p_shp.flatten(0, 1), cshp.flatten(), weight=shape_w), shape_w[cshp].sum()) + \
+                10 * share(F.mse_loss(p_xy, where.expand_as(p_xy)), p_xy.numel())
+            cls = share(F.cross_entropy(col_logits.flatten(0, 1), cols.flatten(), ignore_index=-100), (cols != -100).sum()) + \
+                share(F.cross_entropy(shp_logits.flatten(0, 1), shps.flatten(), ignore_index=-100), (shps != -100).sum()) + \
+                cfg.vit_object_weight * share(heads.object_shape_loss(feats, cshp), heads.shapes_present(cshp))
             return 10 * rec + local + cls, rec.item(), (local + cls).item()
 
-        self._loop("vit", list(m.vit.parameters()) + list(heads.parameters()), cfg.vit_steps, cfg.lr, step)
+        self._loop("vit", [m.vit, heads], list(m.vit.parameters()) + list(heads.parameters()), cfg.vit_steps, cfg.lr, step)
         m.vit.eval().requires_grad_(False)
 
     def stage_vae(self):
@@ -304,6 +342,7 @@ class Trainer:
 
             pool = self.caption_pool()["unit"]
             g = torch.Generator().manual_seed(cfg.seed)
+            rows = self.shard.rows(cfg.vae_batch, "vae_batch")
 
             def step(i):
                 g.manual_seed(_seed_of(cfg, "vae", i, 0))
@@ -311,10 +350,12 @@ class Trainer:
                 imgs = pool[idx].to(self.device) * 2 - 1
                 flip = torch.rand(cfg.vae_batch, generator=g) < 0.5          # cheap augmentation
                 imgs[flip] = imgs[flip].flip(-1)
-                return detok_losses.vae_loss(m.detok, imgs, generator=g, foreground_weight=cfg.vae_foreground_weight,
-                                           l1_weight=cfg.vae_l1_weight), None, None
+                # the posterior's noise is drawn for the whole global batch, as one process draws it
+                noise = detok_losses.posterior_noise(m.detok, imgs.shape, g)[rows]
+                return detok_losses.vae_loss(m.detok, imgs[rows], noise=noise, foreground_weight=cfg.vae_foreground_weight,
+                                             l1_weight=cfg.vae_l1_weight, share=self.shard.mean), None, None
 
-            self._loop("vae", list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
+            self._loop("vae", [vae], list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
             calib = torch.stack([image_to_unit(W.caption_image_sample(10_000_000 + k).image) for k in range(256)])
             vae.eval()
             detok_losses.calibrate_scaling_factor(m.detok, calib.to(self.device) * 2 - 1)
@@ -391,14 +432,18 @@ class Trainer:
         feats, lats = self.cache["feats"], self.cache["latents"]
         T = d.scheduler.config.num_train_timesteps
 
+        rows = self.shard.rows(cfg.unet_batch, "unet_batch")
+
         def step(i):
             g.manual_seed(_seed_of(cfg, "unet", i, 0))
             idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
             f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
-            loss = detok_losses.denoising_loss(d, f, None, generator=g, latents=lats[idx], timesteps=unet_timesteps(cfg, g, len(idx), T))
-            return loss, None, None
+            loss = detok_losses.denoising_loss(d, f, None, generator=g, latents=lats[idx],
+                                               timesteps=unet_timesteps(cfg, g, len(idx), T), rows=rows)
+            return loss, None, None     # a mean over equal shares: DDP's average of the processes' means is the global one
 
-        self._loop("unet", list(d.resampler.parameters()) + list(d.unet.parameters()), cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
+        self._loop("unet", [d.resampler, d.unet], list(d.resampler.parameters()) + list(d.unet.parameters()),
+                   cfg.unet_steps, cfg.unet_lr or cfg.lr, step)
         d.eval().requires_grad_(False)
 
     # -- stage c data ----------------------------------------------------------
@@ -437,14 +482,22 @@ class Trainer:
         lv.train()
         kinds = cfg.llm_mix                          # a tuple (TrainConfig.__post_init__)
 
+        share = self.shard.mean
+        rows = {n: self.shard.rows(n, name) for n, name in ((cfg.llm_batch, "llm_batch"),
+                                                            (cfg.comprehension_batch, "comprehension_batch"))}
+
         def step(i):
             kind = kinds[i % len(kinds)]
             n = cfg.llm_batch if kind != "comprehension" else cfg.comprehension_batch
-            batch = collate(m, self.llm_examples(kind, i, n), self.device)
+            batch = collate(m, self.llm_examples(kind, i, n)[rows[n]], self.device)
             out = lv(**batch)
-            return out["loss"], float(out["lm_loss"].detach()), float(out["rec_loss"].detach())
+            # shares of the global means: label tokens for the LM loss, regressed features for the other
+            lm = share(out["lm_loss"], (batch["labels"][:, 1:] != -100).sum())
+            rec = share(out["rec_loss"], out["rec"].numel() if "rec" in out else 0)
+            loss = lv.lm_loss_scale * lm + lv.rec_loss_scale * rec                # as ContinuousLVLM.forward sums them
+            return loss, float(lm.detach()), float(rec.detach())
 
-        self._loop("llm", [p for p in lv.parameters()], cfg.llm_steps, cfg.llm_lr, step)
+        self._loop("llm", [lv], [p for p in lv.parameters()], cfg.llm_steps, cfg.llm_lr, step)
         lv.eval()
 
     # -- all -------------------------------------------------------------------
@@ -465,31 +518,38 @@ class Trainer:
         return [f for f in (self.work / f"state-{k}.pt" for k in LANES) if f.exists()]
 
     def _run_lanes(self):
-        """Stages b and c in two child processes of half the threads each (``python -c`` running
-        :func:`_lane_main`, so no script of the caller is re-imported); their progress comes back over their
-        stdout and is drawn here; their states are merged into ``state.pt`` when both have finished."""
+        """Stages b and c in two child processes of half the threads each; their progress comes back as
+        messages on a ``multiprocessing`` connection and is drawn here; their states are merged into
+        ``state.pt`` when both have finished.
+
+        A lane is started as ``python -c`` running :func:`_lane_main` rather than by
+        ``multiprocessing.Process``: the spawn start method re-imports the caller's ``__main__``, which would
+        run again a user's script that calls ``train()`` without an ``if __name__ == "__main__"`` guard. The
+        connection is one end of a socket pair the child inherits (``pass_fds``)."""
         todo = [lane for lane, stages in LANES.items() if any(k not in self.done for k in stages)]
         if todo:
             D._VIT_POOLS.clear()                               # the lanes do not need stage a's views
             threads = max(1, (self.cfg.threads or torch.get_num_threads()) // 2)
-            spec = json.dumps(dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0, parent=os.getpid()))
+            spec = dict(cfg=asdict(self.cfg), threads=threads, t0=self.log.t0, parent=os.getpid())
             totals = dict(vae=self.cfg.vae_steps, unet=self.cfg.unet_steps, llm=self.cfg.llm_steps)
             stages = [k for lane in todo for k in LANES[lane] if k in totals and k not in self.done]
             bars = {k: tqdm(total=totals[k], desc=f"stage {k}", position=i, disable=not self.progress,
                             dynamic_ncols=True, mininterval=1.0) for i, k in enumerate(stages)}
-            msgs: queue.Queue = queue.Queue()
             procs: dict[str, subprocess.Popen] = {}
+            conns: dict[Connection, str] = {}
             try:
                 for lane in todo:
-                    procs[lane] = p = subprocess.Popen(
-                        [sys.executable, "-c", f"from seedx_lab.training.trainer import _lane_main; _lane_main({lane!r})"],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-                    p.stdin.write(spec)
-                    p.stdin.close()
-                    threading.Thread(target=_read_lane, args=(lane, p.stdout, msgs), daemon=True).start()
+                    mine, theirs = socket.socketpair()
+                    with mine, theirs:
+                        procs[lane] = subprocess.Popen(
+                            [sys.executable, "-c", _LANE_BOOT.format(parent=os.getpid(), lane=lane, fd=theirs.fileno())],
+                            pass_fds=(theirs.fileno(),))
+                        conn = Connection(os.dup(mine.fileno()))
+                    conn.send(spec)
+                    conns[conn] = lane
                 running = set(todo)
                 while running:
-                    lane, msg = msgs.get()
+                    lane, msg = _next_message(conns)
                     if msg[0] == "step":
                         _, stage, n, total, post = msg
                         bar = bars.get(stage)
@@ -512,6 +572,8 @@ class Trainer:
                     if p.poll() is None:
                         p.terminate()
                     p.wait()
+                for conn in conns:
+                    conn.close()
                 for bar in bars.values():
                     bar.close()
         for lane in LANES:                                   # merge: each lane owns its own parameters
@@ -550,16 +612,18 @@ class Trainer:
         minutes = (time.time() - t0) / 60
         threads = self.cfg.threads or torch.get_num_threads()
         out = Path(self.cfg.out)
+        if not self.shard.main:                       # the main process writes the (identical) weights
+            self.accelerator.wait_for_everyone()
+            return out
         log_text = (self.work / "train_log.csv").read_text()
         self.model.save(out, extra_files={"train_log.csv": log_text,
                                           "train_config.json": json.dumps(asdict(self.cfg), indent=2)})
         wall = (time.time() - self.started) / 60
+        procs = f"{self.shard.world} processes of " if self.shard.world > 1 else ""
         print(f"saved {out} after {minutes:.1f} min of training in this run; wall time {wall:.1f} min "
-              f"from start to saved checkpoint ({threads} threads, {os.cpu_count()} CPUs visible)")
+              f"from start to saved checkpoint ({procs}{threads} threads, {os.cpu_count()} CPUs visible)")
+        self.accelerator.wait_for_everyone()
         return out
-
-
-_LANE_MARK = "\x1eseedx-lane "                           # starts each message line a lane writes to stdout
 
 
 class _RemoteBar:
@@ -582,14 +646,14 @@ class _RemoteBar:
         self.post = ", ".join(f"{k}={v}" for k, v in kw.items())
 
 
-def _lane_main(lane: str):
-    """Entry point of a lane process: reads ``{"cfg", "threads", "t0", "parent"}`` as JSON from stdin, runs the lane,
-    and reports progress, the end or its error as marked JSON lines on stdout."""
-    spec = json.loads(sys.stdin.read())
-    threading.Thread(target=_exit_with_parent, args=(spec.get("parent", os.getppid()),), daemon=True).start()
+def _lane_main(lane: str, fd: int):
+    """Entry point of a lane process: receives ``{"cfg", "threads", "t0", "parent"}`` on the connection of file
+    descriptor ``fd``, runs the lane, and sends its progress, its end or its error back as tuples."""
+    conn = Connection(fd)
+    spec = conn.recv()
 
     def send(*msg):
-        print(_LANE_MARK + json.dumps(msg), flush=True)
+        conn.send(msg)
 
     try:
         torch.set_num_threads(spec["threads"])
@@ -600,23 +664,34 @@ def _lane_main(lane: str):
         sys.exit(1)
 
 
-def _exit_with_parent(parent: int, every: float = 0.5):
-    """Watcher thread of a lane: end this process once its parent is gone (killed outright, no chance to
-    stop its lanes), so no orphan keeps training and writing its state into the work directory."""
+# The program of a lane process. Its first act, before the seconds of importing torch and the models, is a
+# watcher thread that ends the process once its parent is gone (killed outright, no chance to stop its lanes),
+# so that no orphan keeps training and writing its state into the work directory.
+_LANE_BOOT = """\
+import os, threading, time
+def _exit_with_parent(parent={parent}, every=0.5):
     while os.getppid() == parent:
         time.sleep(every)
     os._exit(1)
+threading.Thread(target=_exit_with_parent, daemon=True).start()
+from seedx_lab.training.trainer import _lane_main
+_lane_main({lane!r}, {fd})
+"""
 
 
-def _read_lane(lane: str, stream, out: queue.Queue):
-    """Reader thread of the parent: a lane's marked lines to ``out`` as ``(lane, message)``, anything else it
-    prints passed through; ``(lane, ("eof",))`` when its stdout closes."""
-    for line in stream:
-        if line.startswith(_LANE_MARK):
-            out.put((lane, json.loads(line[len(_LANE_MARK):])))
-        else:
-            sys.stdout.write(line)
-    out.put((lane, ("eof",)))
+def _next_message(conns: dict) -> tuple[str, tuple]:
+    """The next ``(lane, message)`` from the lanes' connections (``conns``: connection -> lane); a closed
+    connection gives ``(lane, ("eof",))`` once and is dropped."""
+    while conns:
+        for conn in wait(list(conns)):
+            lane = conns[conn]
+            try:
+                return lane, conn.recv()
+            except (EOFError, OSError):
+                del conns[conn]
+                conn.close()
+                return lane, ("eof",)
+    raise RuntimeError("no training lane is left to hear from")
 
 
 def train(cfg: TrainConfig | None = None, fresh: bool = False, progress: bool = True) -> Path:
