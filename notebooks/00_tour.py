@@ -159,6 +159,62 @@ print(f"the whole tour took {time.perf_counter() - started:.1f} s on this machin
 # 1. Draw "a small purple star in the centre ." with several seeds. What changes between seeds, and what stays?
 # 2. Describe an image you make yourself with `world.render(world.Scene(...))`. Can you confuse the model?
 # 3. Start a story with "we make pictures today ." and nothing else. Does the model draw anything? Why not?
+#
+# <details><summary>Answer 1</summary>
+#
+# Look at the two halves of the pipeline separately. The language model's part is forced: after `<img>` the
+# 64 image tokens are fixed, so the hidden states, and the features the painter gets, cannot depend on the
+# seed. The seed only picks the starting noise of the de-tokenizer, so every difference between the pictures
+# comes from the de-tokenizer alone. The cell below draws the caption with three seeds, checks whether the
+# features are equal, and lets the judge score each picture: the attributes it reads the same way for every
+# seed are the ones the features pin down; an attribute that flips between seeds is left to the noise.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# seedx-tiny has only seen scenes the world's sampler makes: 1–3 shapes that do not overlap, on light
+# backgrounds, in five named places. A scene outside that distribution is the easiest way to confuse it — for
+# example two shapes of the same colour touching each other, or a shape sitting on the boundary between two
+# places. The cell below renders such a scene and prints what the model says next to the world's own
+# description of it; compare the two.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# In this world a picture follows a trigger phrase such as "here it is :", and nowhere else; a prompt without
+# one gives the model no reason to write `<img>` at once. It can still write on, and a picture appears only if
+# its own text leads it to `<img>`. The cell below prints the largest P(`<img>`) over the prompt itself, then
+# lets the model continue and prints what it wrote, how many pictures were drawn and whether the text before
+# its first `<img>` (if any) ends with one of the world's trigger phrases.
+# </details>
+
+# %%
+star = "a small purple star in the centre ."
+# 10 diffusion steps instead of the default 25: enough to see what the seed changes, and quicker
+first, second = (model.generate_image(star, seed=s, num_inference_steps=10) for s in (0, 1))
+print("features equal for seeds 0 and 1:", torch.equal(first.features, second.features))
+pictures = [first.image, second.image, model.draw(first.features, seed=2, num_inference_steps=10)]
+pixels = [np.asarray(p, dtype=float) for p in pictures]
+print("mean |pixel difference| from seed 0:", [round(float(np.abs(p - pixels[0]).mean()), 1) for p in pixels[1:]])
+for s, pic in enumerate(pictures):
+    print(f"seed {s}: judge", {k: v for k, v in judge.score_image(pic, star).items() if k != "n_objects"})
+
+# %%
+mine = world.Scene(background=world.BACKGROUNDS["mint"], objects=[
+    world.Obj("square", "green", "big", 0.5, 0.5), world.Obj("circle", "green", "small", 0.72, 0.5)])
+print("the world says:", world.describe_scene(mine))
+print("the model says:", model.describe(world.render(mine)))
+
+# %%
+from seedx_lab import probes
+
+plain = "we make pictures today ."
+print(f"largest P(<img>) over the prompt: {probes.boi_trace(model, plain).p_final.max():.4f}")
+story = model.generate(plain, max_new_tokens=200, max_images=1, num_inference_steps=10)
+print("the model writes:", story.text.replace("<img> </img>", "<img>…</img>"))
+print("pictures drawn:", len(story.images))
+before = story.text.split("<img>")[0] if "<img>" in story.text else None
+print("text before its first <img> ends with a trigger phrase:", None if before is None else world.ends_with_trigger(before))
 
 # %% [markdown]
 # ## What you should now know

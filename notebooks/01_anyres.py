@@ -180,9 +180,10 @@ print("claim 10 holds, with the published details")
 #
 # <details><summary>Answer 3</summary>
 #
-# It can: the LLaVA-NeXT rule caps the effective resolution at the image's own area, and with 64-pixel tiles
-# most images are larger than every candidate, so the rule ranks candidates differently. The second cell
-# below counts how many of the sizes in `rows` get another grid with `base=64`.
+# The candidates are grids of `base`-pixel tiles, and the LLaVA-NeXT rule caps the effective resolution at the
+# image's own area: with 64-pixel tiles most images are larger than every candidate, so the cap stops
+# separating them and the rules may rank the candidates differently. Whether that changes any choice is
+# counted by the second cell below: how many of the sizes in `rows` get another grid with `base=64`.
 # </details>
 
 # %%

@@ -519,6 +519,104 @@ print(f"published input resampler: {by_hand:,d} parameters, as counted by hand; 
 #    for a `[1, 1024, 1664]` input. How many parameters does the pool alone have?
 # 4. Show that `offset(x, y)` can be written with only three vectors. Why might SEED-X still use four
 #    rows in `P`?
+#
+# <details><summary>Answer 1</summary>
+#
+# Draw the board of section 4 once per head instead of once for the mean, and summarise each head by the
+# median entropy of its queries' maps (low entropy = a few cells get most of the weight). Expect the heads with
+# the place bias of section 4b to be local by construction, since their scores are penalised with the squared
+# distance; the question is what the free heads do. The cell below draws the four boards and prints each
+# head's median entropy and which head is the lowest.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# `model.encode_image(cat)` tiles the photo and runs the ViT; the resampler's attention is captured with
+# `seedx_lab.trace` as in section 2. A photo has texture everywhere instead of one flat shape on a flat
+# background, so a content-seeking head has nothing single to lock on to. The second cell below draws the
+# board of the cat's first tile and prints, per head, the median entropy on the cat next to the one on the
+# shape-world picture: compare the free heads' numbers.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# The pool is a `Resampler` with 256 queries of width 4096 reading 1664-wide patch vectors, so a
+# `[1, 1024, 1664]` input gives `[1, 256, 4096]`. Its parameters are the queries, `kv_proj` (1664 → 4096, no
+# bias), the packed q/k/v and output projections and two LayerNorms, counted as in section 6. The third cell
+# builds it on the meta device and checks the shape and the hand count against `n_params`.
+# </details>
+#
+# <details><summary>Answer 4</summary>
+#
+# Because `1 - x` and `1 - y` are fixed by `x` and `y`, `offset(x, y) = c + x u + y v` with
+# `c = (P[2] + P[3]) / 2`, `u = (P[0] - P[2]) / 2`, `v = (P[1] - P[3]) / 2`: three vectors describe every
+# offset (the 4 inputs `[x, y, 1 - x, 1 - y]` span only a 3-dimensional space). Four rows give the same family of
+# functions, but a different parametrisation: the four inputs are all in `[0, 1]` and the left and right (top and
+# bottom) edges are treated alike, so initialisation and weight decay act symmetrically on them, and SEED-X's
+# code can keep one row per edge. The last cell checks the three-vector form on random positions and prints the
+# rank of the inputs.
+# </details>
+
+# %%
+board_heads = attn[view].reshape(rcfg.num_heads, 8, 8, 16, 16)
+board_heads = board_heads / board_heads.amax(dim=(3, 4), keepdim=True)
+fig, axes = plt.subplots(1, rcfg.num_heads, figsize=(2.2 * rcfg.num_heads, 2.4))
+for h, ax in enumerate(axes):
+    ax.imshow(board_heads[h].permute(0, 2, 1, 3).reshape(128, 128), cmap="magma", interpolation="nearest")
+    ax.set_title(f"head {h}" + (" (place bias)" if rcfg.locality and h < n_local else " (free)"), fontsize=8)
+    ax.axis("off")
+plt.tight_layout()
+plt.show()
+
+
+def median_entropy(a):
+    """Attention [heads, Q, K] -> median over queries of each head's entropy [heads], in nats."""
+    return (-(a * a.clamp_min(1e-12).log()).sum(-1)).median(-1).values
+
+
+shape_entropy = median_entropy(attn[view])
+for h, e in enumerate(shape_entropy.tolist()):
+    print(f"head {h}: median entropy {e:.2f} nats")
+print("most local head (lowest median entropy):", int(shape_entropy.argmin()))
+
+# %%
+with seedx_lab.trace(model, capture=["input_resampler.attn"]) as cat_trace:
+    cat_feats, cat_positions, cat_tiles = model.encode_image(cat)
+    model.lvlm.image_embeddings(cat_feats, cat_positions)
+cat_attn = cat_trace["input_resampler.attn"]                  # [views, heads, 64, 256]
+cat_maps = cat_attn[0].mean(0).reshape(8, 8, 16, 16)
+cat_maps = cat_maps / cat_maps.amax(dim=(2, 3), keepdim=True)
+fig, (a0, a1) = plt.subplots(1, 2, figsize=(6, 3))
+a0.imshow(cat_tiles.images[0], interpolation="nearest")
+a0.set_title("cat, tile 0")
+a1.imshow(cat_maps.permute(0, 2, 1, 3).reshape(128, 128), cmap="magma", interpolation="nearest")
+a1.set_title("64 queries, mean over heads")
+for ax in (a0, a1):
+    ax.axis("off")
+plt.tight_layout()
+plt.show()
+for h, (e_cat, e_shape) in enumerate(zip(median_entropy(cat_attn[0]).tolist(), shape_entropy.tolist())):
+    print(f"head {h}: median entropy {e_cat:.2f} nats on the cat's tile 0, {e_shape:.2f} on the shape world's global view")
+
+# %%
+pool = Resampler(ViTConfig.published().pool_config(), device="meta")
+with torch.no_grad():
+    pooled = pool(torch.empty(1, 1024, 1664, device="meta"))
+E_pool, W_vit = 4096, 1664
+pool_by_hand = 256 * E_pool + W_vit * E_pool + (3 * E_pool * E_pool + 3 * E_pool) + (E_pool * E_pool + E_pool) + 2 * 2 * E_pool
+print("published attention pool:", (1, 1024, 1664), "->", tuple(pooled.shape))
+print(f"its parameters: {n_params(pool):,d} (by hand: {pool_by_hand:,d})")
+assert tuple(pooled.shape) == (1, 256, 4096) and n_params(pool) == pool_by_hand
+
+# %%
+c3, u3, v3 = (P[2] + P[3]) / 2, (P[0] - P[2]) / 2, (P[1] - P[3]) / 2
+xy = torch.rand(100, 2, generator=torch.Generator().manual_seed(0))
+three = c3 + xy[:, :1] * u3 + xy[:, 1:] * v3                          # [100, llm_dim]
+four = torch.stack([pos_offset(x, y) for x, y in xy.tolist()])
+print(f"three-vector form against ([x, y, 1-x, 1-y] / 2) @ P on 100 random positions: max |diff| "
+      f"{(three - four).abs().max():.1e}")
+inputs = torch.cat([xy, 1 - xy], -1)
+print("rank of the 100 x 4 input matrix [x, y, 1-x, 1-y]:", int(torch.linalg.matrix_rank(inputs)))
 
 # %% [markdown]
 # ## Build it yourself

@@ -375,7 +375,69 @@ plt.show()
 # 3. In `encode_pieces`, the answer of a comprehension sample is labelled but the question is not. Find
 #    the first labelled position of the comprehension row and decode the tokens from there.
 # 4. Repeat section 6 with scores of `+5` instead of `-5`. Which token wins now?
+#
+# <details><summary>Answer 1</summary>
+#
+# The prompt is `<s> [INST]`, one block of 64 image slots per view (the tiles in `<patch>` blocks, the global
+# view in an `<img>` block), the question and `[/INST]`. So its length is `66 × views` plus the template and the
+# question, and the image slots are `64 × views`; how many views the cat gets depends on the grid that
+# notebook 01's rules choose for its size. The first cell below prints the three numbers.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# `find_image_blocks` starts a block only at `<img>` or `<patch>`, so a stray image token after text belongs to
+# no block. The published processor reads only the last token: `<img_00005>` is in its list, so it decides the
+# row is inside a block with 6 image tokens written and forces `<img_00006>`. The strict mode reads the block
+# structure, finds no `<img>` opening the run, and says the row is outside. The second cell prints the blocks
+# and both processors' states.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# `comprehension_pieces` marks the question as context (no label) and the answer as text to predict, so the
+# first labelled position is the first word of the answer (the `[/INST]` marker before it is not labelled).
+# The third cell finds it and decodes from there; compare with `sample.answer`.
+# </details>
+#
+# <details><summary>Answer 4</summary>
+#
+# The processor writes the same `0.0` whatever the row holds. With every other score at `+5`, `0.0` is now the
+# lowest score in the row, so no image token can win; the winner is a token the processor left alone (they all
+# tie at `+5`, and `argmax` takes the lowest id). The last cell checks which.
+# </details>
 
+# %%
+import skimage.data
+from PIL import Image
+
+cat = Image.fromarray(skimage.data.chelsea()).resize((135, 90), Image.BICUBIC)
+cat_ids, cat_feats, _, cat_cmp = model.comprehension_inputs(cat)
+print(f"cat photo: {cat_feats.shape[0]} views, prompt of {cat_ids.shape[1]} tokens, "
+      f"{int(cat_cmp.sum())} of them image slots")
+
+# %%
+stray = torch.tensor([model.encode_ids("we draw a red star .") + [vocab["<img_00005>"]]])
+print("blocks found:", T.find_image_blocks(stray[0], ids_of))
+for mode in ("faithful", "strict"):
+    st = AutoImageTokenGenerationProcessor(token_ids=ids_of, mode=mode).states(stray)
+    forced = tok.convert_ids_to_tokens(int(st.forced_id[0])) if st.forced_id[0] >= 0 else None
+    print(f"{mode:8s}: image tokens already written k = {int(st.k[0])}, forced next: {forced}")
+
+# %%
+cmp_ids, cmp_labels = encoded["comprehension"][:2]
+first = next(i for i, l in enumerate(cmp_labels) if l != -100)
+print(f"first labelled position: {first} (token {tok.convert_ids_to_tokens(cmp_ids[first])!r}, "
+      f"previous token {tok.convert_ids_to_tokens(cmp_ids[first - 1])!r})")
+print("decoded from there:", model.decode(cmp_ids[first:]))
+print("the sample's answer:", sample.answer)
+
+# %%
+high = torch.full((1, len(tok)), 5.0)
+after_high = proc(torch.tensor([model.encode_ids("we draw a red star .")]), high)
+winner = int(after_high.argmax())
+print("with +5 everywhere the winner is", tok.convert_ids_to_tokens(winner),
+      "| it is one the processor set to 0.0:", winner in touched)
 # %% [markdown]
 # ## What you should now know
 # 1. Images enter the text as blocks `<img><img_00000>…<img_00063></img>` (tiles as `<patch>` blocks).

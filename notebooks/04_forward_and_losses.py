@@ -323,6 +323,92 @@ print("generation and the training forward pass produce the same 64 features for
 #    of the story's loss is about *when* to start an image?
 # 4. Draw, for one picture, the per-token MSE of `rec` against the 1-D target as a 16 x 4 map (16 rows of
 #    4 strips). Are some strips harder than others?
+#
+# <details><summary>Answer 1</summary>
+#
+# The two losses live on different scales: `lm_loss` is a cross-entropy in nats per token, `rec_loss` a mean
+# squared difference of normalised features, which for a trained model is a small number. With equal weights
+# the smaller term contributes little to the total and so to the gradient, and the LLM would be trained mostly
+# for text. A weight of 6 is a way to give the image path a share of the gradient; the right weight depends on
+# the feature scale, so it is a tuning choice of SEED-X, not a law. The first cell below recomputes the total
+# with `rec_loss_scale = 1.0` and prints the share of each term in both weightings.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# The cosine loss compares directions only: `1 - cos(rec_i, target_i)` per token, averaged over the 64 tokens of
+# every image. It ignores the features' length, which the de-tokenizer does see, which is one reason to prefer
+# MSE. The second cell computes it by hand from `out["rec"]` and `out["target"]` and checks it against the model's
+# forward with `lv.mse = False`.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# The story row's labelled positions are its text tokens plus one `<img>` per picture it holds. Dropping the
+# `<img>` positions from the mean gives the text-only loss; the share of the row's summed NLL that sits on
+# `<img>` targets is how much of the story's loss is about *when* to start an image. The third cell prints both.
+# </details>
+#
+# <details><summary>Answer 4</summary>
+#
+# `rec` and the 1-D target are `[N, 64, vit_dim]`; the squared error averaged over the feature axis gives 64
+# numbers per picture, and in the 1-D layout target `k` is strip `k % 4` of ViT row `k // 4`, so
+# `reshape(16, 4)` draws them where they are in the picture. The last cell draws one picture's map next to
+# the picture and the mean map over the 24 validation pictures of section 5, and prints how far apart the
+# easiest and the hardest strip are on average. Compare the bright strips with where the shapes are.
+# </details>
+
+# %%
+published_scale = lv.rec_loss_scale
+try:
+    lv.rec_loss_scale = 1.0
+    with torch.no_grad():
+        equal = lv(**batch)
+finally:
+    lv.rec_loss_scale = published_scale
+for name, scale, o in (("published (x6)", published_scale, out), ("equal (x1)", 1.0, equal)):
+    lm_part, rec_part = o["lm_loss"].item(), scale * o["rec_loss"].item()
+    print(f"{name:15s}: total {o['loss'].item():.4f} = lm {lm_part:.4f} ({lm_part / (lm_part + rec_part):.0%}) "
+          f"+ rec {rec_part:.4f} ({rec_part / (lm_part + rec_part):.0%})")
+
+# %%
+my_cos = (1 - F.cosine_similarity(out["rec"], out["target"], dim=-1)).mean().item()
+try:
+    lv.mse = False
+    with torch.no_grad():
+        cos_out = lv(**batch)
+finally:
+    lv.mse = True
+print(f"cosine rec_loss by hand {my_cos:.5f} | from the model with mse=False {cos_out['rec_loss'].item():.5f}")
+assert abs(my_cos - cos_out["rec_loss"].item()) < 1e-5
+
+# %%
+story_row = 2
+text_only = has_label[story_row] & ~is_boi[story_row]
+print(f"story row: {int(has_label[story_row].sum())} labelled positions, {int(is_boi[story_row].sum())} of them <img>")
+print(f"LM loss with the <img> targets {nll[story_row][has_label[story_row]].mean():.4f}, "
+      f"without {nll[story_row][text_only].mean():.4f}")
+share = nll[story_row][is_boi[story_row]].sum() / nll[story_row][has_label[story_row]].sum()
+print(f"share of the story's summed NLL on <img> targets: {share:.2e} "
+      f"(mean NLL at an <img> target {nll[story_row][is_boi[story_row]].mean():.2e} nats)")
+
+# %%
+strip_err = ((rec - t1) ** 2).mean(-1).reshape(-1, 16, 4)          # [24, 16 rows, 4 strips], last split of section 5
+fig, axes = plt.subplots(1, 3, figsize=(7, 3))
+axes[0].imshow(W.caption_image_sample(0, "validation").image)
+axes[0].set_title("validation picture 0")
+for ax, m, title in ((axes[1], strip_err[0], "its strip MSE"), (axes[2], strip_err.mean(0), "mean of 24")):
+    im = ax.imshow(m, cmap="viridis", aspect=0.25, interpolation="nearest")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+for ax in axes:
+    ax.set_xticks([])
+    ax.set_yticks([])
+plt.tight_layout()
+plt.show()
+mean_map = strip_err.mean(0)
+print(f"mean strip MSE over 24 pictures: easiest {mean_map.min():.4f}, hardest {mean_map.max():.4f} "
+      f"({mean_map.max() / mean_map.min():.1f} times as large), at ViT row {int(mean_map.argmax()) // 4}")
 
 # %% [markdown]
 # ## Build it yourself

@@ -522,6 +522,85 @@ print(f"de-tokenizer, 25 Euler steps: {1000 * t_draw:7.1f} ms per image")
 #    does its block end: with `</patch>` or with `</img>`? Why?
 # 4. Claim #11 counts decoding steps. Add up the *whole* cost of one SEED-X image on this machine (LLM +
 #    de-tokenizer at 25 steps) and compare it with the 1024-step estimate. Which part dominates?
+#
+# <details><summary>Answer 1</summary>
+#
+# Outside a block the faithful processor *assigns* `0.0` to the blocked tokens. With every score positive,
+# `0.0` is below all the words, so a word wins row 0. Subtracting a constant `c` from the row changes nothing
+# the model believes (the softmax ignores it) but moves the words below zero once `c` exceeds the largest
+# unblocked score; at exactly that value a word ties with the blocked tokens at `0.0` and `argmax` keeps the
+# lower id. So the smallest constant is "just above the largest unblocked score". The first cell below builds
+# a positive row 0, prints that threshold and checks just below and just above it.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# Inside a block the faithful processor sets the forced token to `max + 10`; temperature `T` divides all
+# scores, so the forced token leads by `10 / T` only: at `T = 3` by about 3.3 nats, and every token near the
+# raw maximum keeps a real chance. The probability of staying on the forced token at one step is
+# `1 / (1 + sum_j exp((s_j - max - 10) / T))`, and a block needs 65 such steps in a row. The second cell computes
+# that product on the raw scores recorded in section 1 and samples a few blocks; `incomplete_blocks` shows
+# how far each got.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# The faithful processor reads only the last token. `<img_00001>` is in its list, so it forces `<img_00002>`,
+# then the next, and at the end the only closer it knows, `</img>` — even though `<patch>` opened the block.
+# The strict processor looks for the last `<img>` followed by the image tokens in order; there is none, so it
+# treats the row as outside a block and bans the image tokens. The third cell prints both continuations.
+# </details>
+#
+# <details><summary>Answer 4</summary>
+#
+# One SEED-X image costs the LLM's pass over the prompt and the block plus 25 de-tokenizer steps, each a
+# U-Net call on two inputs (guidance). Add the two measured times of section 7 and compare the LLM's part with
+# the de-tokenizer's and with `1024 × per_step`. The last cell prints the shares (a timing: its output varies
+# from run to run and is not checked).
+# </details>
+
+# %%
+positive = toy_scores - toy_scores.min() + 0.5                       # every score > 0
+faithful_toy = G.AutoImageTokenGenerationProcessor(token_ids=toy, num_img_gen_tokens=3)
+unblocked_toy = [i for i in range(len(toy_names)) if i not in blocked_toy]
+print("all positive: faithful picks", toy_names[int(faithful_toy(toy_ids, positive)[0].argmax())], "in row 0")
+threshold = positive[0, unblocked_toy].max().item()
+print(f"largest unblocked score in row 0: {threshold:.2f}")
+for c in (threshold, threshold + 0.01):
+    pick = int(faithful_toy(toy_ids, positive - c)[0].argmax())
+    print(f"subtract {c:.2f}: faithful picks {toy_names[pick]} (a blocked token: {pick in blocked_toy})")
+
+# %%
+T_hot = 3.0
+forced_rows = torch.stack(raw.rows)                                  # [65, V] raw scores of section 1
+forced_ids = torch.tensor([d["forced_id"] for d in decisions])
+nudged = forced_rows.clone()
+nudged[torch.arange(len(nudged)), forced_ids] = forced_rows.max(-1).values + 10
+p_stay = (nudged / T_hot).softmax(-1)[torch.arange(len(nudged)), forced_ids]
+print(f"T = {T_hot}: P(forced token) per step between {p_stay.min():.3f} and {p_stay.max():.3f}; "
+      f"P(all 65 steps stay on the block) = {p_stay.prod():.1e}")
+for k in range(3):
+    o = lvlm.generate(ids, max_new_tokens=65, do_sample=True, temperature=T_hot, top_p=1.0,
+                      generator=torch.Generator().manual_seed(k))
+    print(f"sample {k}: complete images {len(o.images[0])}, cut blocks {len(o.incomplete_blocks[0])} "
+          f"with {[b.n_tokens for b in o.incomplete_blocks[0]]} image tokens")
+
+# %%
+patch_ids = torch.tensor([model.encode_ids(caption + "<patch><img_00000><img_00001>")])
+for mode in G.MODES:
+    o = lvlm.generate(patch_ids, max_new_tokens=70, processor_mode=mode, fast_forced_block=False)
+    written = tok.convert_ids_to_tokens(o.new_tokens[0].tolist())
+    n_img = sum(w.startswith("<img_") for w in written)
+    closer = next((w for w in written if w in ("</img>", "</patch>")), None)
+    print(f"{mode:>8}: {n_img} image tokens written, first closer {closer}; starts {' '.join(written[:4])} …")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+whole = t_fast + t_draw
+print(f"one SEED-X-style image here: LLM {1000 * t_fast:.0f} ms + de-tokenizer {1000 * t_draw:.0f} ms "
+      f"= {1000 * whole:.0f} ms; the de-tokenizer's share {t_draw / whole:.0%}")
+print(f"this LLM writing 1024 tokens one by one: ~{1000 * per_step * 1024:.0f} ms "
+      f"({per_step * 1024 / whole:.1f} times SEED-X's whole image)")
 
 # %% [markdown]
 # ## Build it yourself

@@ -127,6 +127,7 @@ explorer
 N_STORIES = 20
 tp = fp = fn = 0
 after, elsewhere, lens_after, lens_else = [], [], [], []
+phrase_after = []                                           # the trigger phrase before each <img> (exercise 3)
 for s in range(N_STORIES):
     segs = W.story_sample(s, "test").segments
     pred, act = evaluate.boi_predictions(model, segs)
@@ -139,6 +140,10 @@ for s in range(N_STORIES):
         nxt_is_boi = sid[i + 1] == tid.boi
         (after if nxt_is_boi else elsewhere).append(b.p_final[i])
         (lens_after if nxt_is_boi else lens_else).append(b.p_lens[:, i])
+        if nxt_is_boi:
+            words = W.tokenize_words(model.decode(sid[: i + 1]))
+            phrase_after.append(next((p for p in W.TRIGGER_PHRASES
+                                      if words[-len(W.tokenize_words(p)):] == W.tokenize_words(p)), None))
 precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
 after, elsewhere = np.array(after), np.array(elsewhere)
 print(f"pictures in the stories: {tp + fn}; predicted <img> at {tp + fp} positions; hits {tp}")
@@ -208,7 +213,8 @@ print("claim #5 holds: <img> is never blocked, in either mode; the model alone d
 
 # %%
 opening = "a drawing lesson . let us draw a big red circle on the left . it looks like this :"
-greedy = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0)
+# the pictures are only counted here, not shown: one diffusion step each is enough (the words do not depend on it)
+greedy = probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=1, seed=0)
 print("prompt:", opening)
 print("greedy:", greedy.text, "| pictures:", len(greedy.images), "| P(<img>):", [round(p, 3) for p in greedy.p_boi])
 print(f"greedy decoding drew {len(greedy.images)} picture(s): "
@@ -222,16 +228,20 @@ print(f"greedy decoding drew {len(greedy.images)} picture(s): "
 # and the processor only completes the blocks.
 
 # %%
-runs = []
-for s in range(8):
-    torch.manual_seed(s)                                    # the sampled words
-    runs.append(probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=20, seed=0,
-                                  do_sample=True))
+def sampled_run(s, steps):
+    torch.manual_seed(s)                                    # the sampled words (drawing has its own generator)
+    return probes.interleave(model, opening, max_images=3, max_new_tokens=240, num_inference_steps=steps, seed=0,
+                             do_sample=True)
+
+
+runs = [sampled_run(s, steps=1) for s in range(8)]          # counted only: one diffusion step per picture
 for s, r in enumerate(runs):
     print(f"sample {s}: {len(r.images)} picture(s), P(<img>) {[round(p, 3) for p in r.p_boi]} | {r.text[:90]}")
-several = [r for r in runs if len(r.images) >= 2]
+several = [s for s, r in enumerate(runs) if len(r.images) >= 2]
 print(f"runs with two or more pictures: {len(several)} of {len(runs)}")
-run = several[0] if several else runs[0]
+shown = several[0] if several else 0
+run = sampled_run(shown, steps=20)                          # the run shown below, drawn properly
+assert run.text == runs[shown].text                         # same words: the step count only changes the pixels
 
 parts = [opening] + run.segments
 fig, axes = plt.subplots(1, len(parts), figsize=(2.3 * len(parts), 2.4))
@@ -365,6 +375,92 @@ print(f"faithful: a blocked token would have won at {cmp.faithful.would_win} of 
 #    phrases? (Hint: split `lens_after` by the phrase that precedes each position.)
 # 4. `evaluate.boi_predictions` applies the published processor. Rerun section 2 with a strict processor:
 #    can the precision and recall change? Why (not)?
+#
+# <details><summary>Answer 1</summary>
+#
+# Read P(`<img>`) at the end of the phrase, and after each of its tokens, for the real trigger and for near
+# misses (a full stop for the colon, two words swapped). The model has only ever seen a picture after the complete phrase, so the decision can only be made
+# at its last token; the earlier tokens can at most prepare it. Whether a near miss ("here it is ." — the
+# full stop ends a sentence in this world) still opens a picture is what the first cell below measures.
+# </details>
+#
+# <details><summary>Answer 2</summary>
+#
+# Section 4 already sampled eight runs at temperature 1.0 (the default of `generate`), so the second cell
+# reuses them: it prints the mean number of pictures per run and checks, for every picture, whether the text
+# written before it ends with a trigger phrase. A picture after anything else would be a picture in the wrong
+# place.
+# </details>
+#
+# <details><summary>Answer 3</summary>
+#
+# Section 2 noted, for every position before a picture, the trigger phrase that ends there. The third cell
+# splits `lens_after` by that phrase and prints, per phrase, the mean lens curve and the first layer
+# whose mean P(`<img>`) passes one half. The two phrases have different last tokens (`:` after "is" or after
+# "this"), so nothing forces the same layer; the printout says whether it is.
+# </details>
+#
+# <details><summary>Answer 4</summary>
+#
+# The two modes differ in two ways outside a block: the strict one bans with `-inf` instead of `0.0`, and it
+# bans `<img>` when a whole block no longer fits before `max_length` (there is none when reading a story).
+# `<img>` itself is never touched by the ban. So the greedy choice can only differ at positions where a blocked
+# token would win under `0.0`, and only if the strict choice there is `<img>`; precision and recall cannot
+# change anywhere else. The last cell rereads the 20 stories with both processors and prints both pairs of
+# numbers and the number of positions where the two choices differ.
+# </details>
+
+# %%
+base_text = "let us draw a big red circle on the left ."
+for phrase in ("here it is :", "here it is .", "here is it :", "it looks like this :", "it looks like this ."):
+    b = probes.boi_trace(model, f"{base_text} {phrase}")
+    n = len(phrase.split())
+    steps = ", ".join(f"{w} {p:.3f}" for w, p in zip(b.tokens[-n:], b.p_final[-n:]))
+    print(f"{phrase!r:24}: P(<img>) after each token: {steps}")
+
+# %%
+pictures_per_run = [len(r.images) for r in runs]
+print(f"pictures per sampled run (T = 1.0, {len(runs)} runs): {pictures_per_run}, mean {np.mean(pictures_per_run):.2f}")
+untriggered = 0
+for r in runs:
+    text_so_far = opening
+    for seg in r.segments:
+        if isinstance(seg, str):
+            text_so_far += " " + seg
+        elif not W.ends_with_trigger(text_so_far.replace("<img>", " ")):
+            untriggered += 1
+print(f"pictures whose preceding text does not end with a trigger phrase: {untriggered} of {sum(pictures_per_run)}")
+
+# %%
+lens_by_phrase = {p: [lens for lens, q in zip(lens_after, phrase_after) if q == p] for p in W.TRIGGER_PHRASES}
+print("positions before a picture whose text ends in no trigger phrase:", phrase_after.count(None))
+for p, curves in lens_by_phrase.items():
+    mean_curve = np.array(curves).mean(0)
+    first = next((bt.layer_names[k] for k, v in enumerate(mean_curve) if v > 0.5), None)
+    print(f"{p!r:24} ({len(curves):2d} positions): mean P(<img>) by layer "
+          f"{' '.join(f'{v:.2f}' for v in mean_curve)}; first above 0.5: {first}")
+
+# %%
+counts_by_mode = {m: [0, 0, 0] for m in G.MODES}               # tp, fp, fn
+differ_positions = 0
+for s in range(N_STORIES):
+    sid = story_ids(W.story_sample(s, "test").segments)
+    with torch.no_grad():
+        story_logits = lvlm(torch.tensor([sid]))["logits"][0].float()
+    for i in free_positions(sid):
+        prefix, actual = torch.tensor([sid[: i + 1]]), sid[i + 1] == tid.boi
+        choice = {m: int(G.AutoImageTokenGenerationProcessor(token_ids=tid, mode=m)(prefix, story_logits[i: i + 1])
+                         .argmax()) for m in G.MODES}
+        differ_positions += choice["faithful"] != choice["strict"]
+        for m, c in choice.items():
+            predicted = c == tid.boi
+            counts_by_mode[m][0] += predicted and actual
+            counts_by_mode[m][1] += predicted and not actual
+            counts_by_mode[m][2] += actual and not predicted
+for m, (tp_m, fp_m, fn_m) in counts_by_mode.items():
+    print(f"{m:>8}: precision {tp_m / max(tp_m + fp_m, 1):.3f}, recall {tp_m / max(tp_m + fn_m, 1):.3f} "
+          f"({tp_m} hits, {fp_m} false, {fn_m} missed)")
+print(f"free positions where the two processors choose differently: {differ_positions}")
 
 # %% [markdown]
 # ## What you should now know

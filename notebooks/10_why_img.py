@@ -238,3 +238,9 @@ sr.plot()
 # %%
 explorer = widgets.patching_explorer(model, CLEAN, CORRUPT)
 explorer
+
+# %% [markdown]
+# ## What you should now know
+# 1. Correlation (the logit lens) and cause differ: patching, knockout and steering change activations and watch P(`<img>`) move.
+# 2. `seedx_lab.trace` edits any captured site at chosen positions, in a prompt pass, the KV-cache loop or a forced block.
+# 3. Linear probes need a shuffled-label baseline, and probabilities need a calibration check, before either is believed.

@@ -299,18 +299,22 @@ def my_draw(caption, seed=0):
 
 
 # %% [markdown]
-# Three held-out captions. The reference is `SeedX.generate_image` with the same seed; its picture as
-# floats comes from the de-tokenizer's own sampler on the reference features with the same seed (what
-# `generate_image` draws before rounding to 8 bits). The pixel judge reads both pictures.
+# Three held-out captions. The reference is `SeedX.generate_image` with the same seed. Its picture as floats
+# (what it draws before rounding to 8 bits) is read from that same call: a `seedx_lab.trace` keeps the
+# latents after the last diffusion step, and the de-tokenizer's VAE decodes them. The pixel judge reads both
+# pictures.
 
 # %%
 captions = [world.caption_image_sample(seed, "test") for seed in (0, 1, 2)]
-mine, refs, features = [], [], []
+mine, refs, features, faithful_tokens = [], [], [], []
 for s in captions:
     tokens, image, feats = my_draw(s.caption, seed=0)
-    res = model.generate_image(s.caption, seed=0)
-    ref_float = model.detok.sample(res.features[None], model.config.num_inference_steps, model.config.guidance_scale,
-                                   generator=torch.Generator().manual_seed(0), output_type="pt")[0]
+    last = f"detok.step.{model.config.num_inference_steps - 1}.latents"
+    with seedx_lab.trace(model, capture=[last]) as drawn:
+        res = model.generate_image(s.caption, seed=0)
+    ref_float = model.detok.decode_latents(drawn[last].to(DEVICE))[0]             # [3, H, W] in [0, 1]
+    # the floats are generate_image's own: rounded to 8 bits they are its picture
+    assert np.array_equal(np.asarray(res.image), (ref_float.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
     same_tokens = torch.equal(tokens, res.output.new_tokens[0])
     close = float((image - ref_float).abs().max()) <= 1e-5
     mine_pil = Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
@@ -321,6 +325,7 @@ for s in captions:
     mine.append(mine_pil)
     refs.append(res.image)
     features.append(feats)
+    faithful_tokens.append(tokens)
 
 # %%
 fig, axes = plt.subplots(2, len(captions), figsize=(2.4 * len(captions), 5))
@@ -339,15 +344,34 @@ plt.show()
 # 1. Replace your faithful rule by the strict one in `my_draw`. Do the tokens change for these captions? Why?
 #    <details><summary>Answer</summary>
 #
-#    They do not: after `<img>` both rules force the same 65 tokens, since a forced score of max + 10 wins
-#    the argmax in either mode. The rules differ only outside a block and on malformed blocks, which a
-#    prompt ending in `<img>` never produces.
+#    Think about where the two rules differ: outside a block (`0.0` against `-inf`) and on malformed blocks
+#    (the state read from the last token against the block structure). A prompt ending in `<img>` starts a
+#    well-formed block, and inside it both rules put the forced token on top of the argmax (max + 10 in one,
+#    every other token at `-inf` in the other), so greedy decoding cannot tell them apart there. The first
+#    cell below writes the 65 tokens with the strict rule and prints whether they agree with `my_draw`'s.
 #    </details>
 # 2. Draw with `guidance=1.0` in `euler_sample` and compare the judge's verdicts with those above.
 #    <details><summary>Answer</summary>
 #
 #    The cell below measures it on the same three captions.
 #    </details>
+
+# %%
+@torch.no_grad()
+def block_tokens(caption, mode):
+    """The 65 tokens my_draw writes after `{caption}<img>`, with the forcing rule in `mode`.  [65]"""
+    ids = torch.tensor([model.encode_ids(T.generation_prompt(caption))], device=DEVICE)
+    seq, embeds = ids, inputs_embeds(lvlm, ids, None, None, None)
+    for _ in range(lvlm.num_img_tokens + 1):
+        nxt = force(seq, lvlm.llm(inputs_embeds=embeds).logits[:, -1].float(), tid, mode).argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+        embeds = torch.cat([embeds, inputs_embeds(lvlm, nxt, None, None, None)], dim=1)
+    return seq[0, ids.shape[1]:]
+
+
+for s, faithful in zip(captions, faithful_tokens):                 # my_draw's tokens, written by the faithful rule
+    same = torch.equal(faithful, block_tokens(s.caption, "strict"))
+    print(f"{s.caption!r}: faithful and strict write the same 65 tokens: {same}")
 
 # %%
 for s, feats in zip(captions, features):

@@ -129,3 +129,9 @@ for i in sorted(expected):
 assert all(V[i] == expected[i] for i in expected)
 assert len(led.results) == 12 and led.counts()[C.NOT_MEASURED] == 0
 print(led.summary())
+
+# %% [markdown]
+# ## What you should now know
+# 1. Each of the twelve claims is a measurement on a model, with its n and an interval, not a sentence to take on trust.
+# 2. A verdict is computed from the numbers by a rule in `claims.py`, and a counterfactual in the tests shows the rule can flip.
+# 3. `seedx-lab claims` prints the same ledger for any model that loads, seedx-tiny or the real SEED-X.

@@ -130,3 +130,31 @@ def test_stubbed_notebook_stops_at_its_first_grader(tmp_path):
     failed = next(i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.outputs))
     assert "checks.check_grid_choice" in code[failed].source
     assert all(not c.get("execution_count") for c in code[failed + 1:])     # nothing after it ran
+
+
+def _markdown(py: Path) -> list[str]:
+    return [c.source for c in jupytext.read(py).cells if c.cell_type == "markdown"]
+
+
+@pytest.mark.parametrize("py", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem[:2])
+def test_notebook_ends_with_three_things_to_know(py):
+    cell = jupytext.read(py).cells[-1]
+    last = cell.source
+    assert cell.cell_type == "markdown" and last.lstrip().startswith("## What you should now know"), f"{py.name} does not end with it"
+    numbers = re.findall(r"^(\d)\. \S", last, re.M)
+    assert numbers == ["1", "2", "3"], f"{py.name}: {numbers} instead of three numbered lines 1-3"
+
+
+@pytest.mark.parametrize("py", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem[:2])
+def test_every_end_of_notebook_exercise_has_a_folded_answer(py):
+    """An "## Exercises" list of n items is followed, in the same cell or the next markdown cells, by n folded
+    answers (one per item); a notebook without that section has nothing to answer."""
+    md = _markdown(py)
+    start = next((i for i, m in enumerate(md) if "## Exercises" in m), None)
+    if start is None:
+        return
+    listing = md[start].split("## Exercises", 1)[1]
+    items = re.findall(r"^(\d+)\. ", listing, re.M)
+    answers = sum(m.count("<details><summary>Answer") for m in md[start:])
+    assert items, f"{py.name}: an Exercises heading without a numbered list"
+    assert answers >= len(items), f"{py.name}: {len(items)} exercises, {answers} answers"

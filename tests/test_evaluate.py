@@ -7,6 +7,7 @@ from seedx_lab.shapeworld.evaluate import boi_predictions, boi_scores, caption_a
 from seedx_lab.loading import resolve
 
 SEEDS = list(range(24))
+STEPS = 10
 
 
 def test_shipped_checkpoint_is_small_and_complete():
@@ -29,15 +30,18 @@ def test_reduced_eval_bounds_hold_for_shipped_and_fail_for_untrained(shipped, mo
     # Bounds sit below what the shipped model measures on 100 test samples (caption_acc 0.84,
     # image_acc 0.74, boi_f1 1.0, false_boi 0.0; on these 24: 0.875 and 0.67) and above an untrained model
     # (on these 24: caption 0.0; a random UNet's guided noise now and then passes the judge, 4 in 24).
+    # The pictures are drawn with 10 diffusion steps, not the default 25, because 48 pictures are most of this
+    # test; the bounds are about training, not about the step count, and notebook 06 (section 6) shows how the
+    # judge's accuracy moves with the steps.
     cap, _ = caption_accuracy(shipped, SEEDS)
-    img = image_accuracy(shipped, SEEDS)
+    img = image_accuracy(shipped, SEEDS, num_inference_steps=STEPS)
     p, r, f1, false = boi_scores(shipped, SEEDS)
     assert cap >= 0.5, cap
     assert img >= 0.4, img
     assert f1 >= 0.8 and false <= 0.15, (f1, false)
     # the same bounds reject a model with the same architecture and no training
     ucap, _ = caption_accuracy(untrained, SEEDS[:8])
-    uimg = image_accuracy(untrained, SEEDS)
+    uimg = image_accuracy(untrained, SEEDS, num_inference_steps=STEPS)
     _, _, uf1, ufalse = boi_scores(untrained, SEEDS[:8])
     assert ucap < 0.5 and uimg < 0.4 and not (uf1 >= 0.8 and ufalse <= 0.15), (ucap, uimg, uf1, ufalse)
 

@@ -133,8 +133,8 @@ def test_new_vit_weights_give_a_new_negative(model):
     assert torch.equal(m.negative_features(), C.published_negative_features(m))
 
 
-def test_seedx_tiny_keeps_the_negative_it_was_trained_with(model):
-    tiny = seedx_lab.load("seedx-tiny")
+def test_seedx_tiny_keeps_the_negative_it_was_trained_with(shipped):
+    tiny = shipped                                   # conftest: load("seedx-tiny"), once per session
     assert tiny.config.negative == "zeros" and tiny.config.detok.cond_drop_prob > 0
     assert torch.equal(tiny.negative_features(), torch.zeros(1, 64, tiny.config.vit.output_dim))
     # an image drawn by default equals one drawn with the de-tokenizer's own zero negative

@@ -76,10 +76,8 @@ def test_matching_rules():
 
 
 @pytest.fixture(scope="module")
-def shared_model():
-    import seedx_lab
-
-    return seedx_lab.load("seedx-tiny")
+def shared_model(shipped):
+    return shipped                                   # conftest: load("seedx-tiny"), once per session
 
 
 def run_bash(lines, start, tmp_path, monkeypatch):
