@@ -27,9 +27,9 @@ def test_boi_predictions_on_a_hand_checked_story(shipped):
 
 def test_reduced_eval_bounds_hold_for_shipped_and_fail_for_untrained(shipped, model):
     untrained = model                                    # conftest: build_model(0), random weights
-    # Bounds sit below what the shipped model measures on 100 test samples (caption_acc 0.84,
-    # image_acc 0.74, boi_f1 1.0, false_boi 0.0; on these 24: 0.875 and 0.67) and above an untrained model
-    # (on these 24: caption 0.0; a random UNet's guided noise now and then passes the judge, 4 in 24).
+    # Bounds sit below what the shipped model measures (`seedx-lab eval`, docs/experiments.md) and above what
+    # the same architecture untrained measures: the test is about training, and it fails if either side moves.
+    # A random UNet's guided noise now and then passes the judge, hence an image bound well above zero.
     # The pictures are drawn with 10 diffusion steps, not the default 25, because 48 pictures are most of this
     # test; the bounds are about training, not about the step count, and notebook 06 (section 6) shows how the
     # judge's accuracy moves with the steps.
