@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ._common import ROOT, cpu_model, load_average
 
-BENCHMARKS = ("forced_block", "processor", "trace_overhead", "pipeline", "lanes", "patching")
+BENCHMARKS = ("forced_block", "processor", "trace_overhead", "pipeline", "lanes", "patching", "typea_vs_typeb3")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-USES_MODEL = {"forced_block", "trace_overhead", "pipeline", "patching"}
+USES_MODEL = {"forced_block", "trace_overhead", "pipeline", "patching", "typea_vs_typeb3"}
 
 
 def run(name: str, extra: list[str]) -> dict:

@@ -119,9 +119,16 @@ def _typea_config(args):
     else:
         kw["work"] = f"runs/{'typea-quick' if args.quick else 'chameleon-tiny'}-{args.grid}x{args.grid}"
     if "out" not in kw:
-        kw["out"] = f"{kw['work']}/model" if args.quick else f"data/chameleon-tiny-{args.grid}x{args.grid}"
+        # the 4x4 arm is the shipped "chameleon-tiny"; other grids carry their size in the name
+        kw["out"] = f"{kw['work']}/model" if args.quick else \
+            "data/chameleon-tiny" if args.grid == 4 else f"data/chameleon-tiny-{args.grid}x{args.grid}"
     if args.threads:
         kw["threads"] = args.threads
+    for name in ("vq_steps", "llm_steps", "vq_restart_every"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    if getattr(args, "vq_embed_dim", None):
+        kw["vq_embed_dim"] = args.vq_embed_dim
     return TypeAConfig.quick_run(**kw) if args.quick else TypeAConfig(**kw)
 
 
@@ -234,11 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     ta = sub.add_parser("train-typea", help="train chameleon-tiny (Type A: VQ codes as LLM tokens) on the same world")
     ta.add_argument("--grid", type=int, default=4, choices=[4, 8], help="code grid side: 4 (16 codes) or 8 (64 codes)")
     ta.add_argument("--quick", action="store_true", help="a few-minute run with tiny step counts")
-    ta.add_argument("--out", help="checkpoint folder (default data/chameleon-tiny-GxG; quick: WORK/model)")
+    ta.add_argument("--out", help="checkpoint folder (default data/chameleon-tiny for 4x4, data/chameleon-tiny-GxG otherwise; quick: WORK/model)")
     ta.add_argument("--work", help="folder for the resumable state and the loss log (default runs/...)")
     ta.add_argument("--seed", type=int, default=0)
     ta.add_argument("--device", default="cpu")
     ta.add_argument("--threads", type=int, default=None)
+    ta.add_argument("--vq-steps", type=POSITIVE, default=None, help="tokenizer steps (default: TypeAConfig's)")
+    ta.add_argument("--llm-steps", type=POSITIVE, default=None, help="LLM steps (default: seedx-tiny's)")
+    ta.add_argument("--vq-embed-dim", type=POSITIVE, default=None, help="codebook vector width (default: TypeAConfig's)")
+    ta.add_argument("--vq-restart-every", type=int, default=None,
+                    help="move codes unused for this many VQ steps onto batch latents (default: TypeAConfig's; 0: never)")
     ta.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     ta.add_argument("--no-progress", action="store_true")
     ta.set_defaults(func=_cmd_train_typea)

@@ -370,7 +370,7 @@ def _tiny_cfg(tmp_path, **kw):
 
     base = dict(out=str(tmp_path / "model"), work=str(tmp_path / "work"), grid=4, codebook_size=16, vq_steps=2,
                 vq_batch=2, cache_size=4, comprehension_pool=2, story_pool=2, llm_steps=4, llm_batch=2,
-                comprehension_batch=2, ckpt_every=1, log_every=1)
+                comprehension_batch=2, ckpt_every=1, log_every=1, vq_restart_every=1)
     base.update(kw)
     return TypeAConfig(**base)
 
@@ -434,7 +434,128 @@ def test_cli_train_typea_defaults_per_grid():
     q8 = _typea_config(build_parser().parse_args(["train-typea", "--grid", "8", "--quick"]))
     assert (q8.grid, q8.quick, q8.work, q8.out) == (8, True, "runs/typea-quick-8x8", "runs/typea-quick-8x8/model")
     full = _typea_config(build_parser().parse_args(["train-typea"]))
-    assert (full.grid, full.quick, full.out) == (4, False, "data/chameleon-tiny-4x4")
+    assert (full.grid, full.quick, full.out) == (4, False, "data/chameleon-tiny")
     assert full.llm_steps > q8.llm_steps
+    f8 = _typea_config(build_parser().parse_args(["train-typea", "--grid", "8", "--vq-steps", "7", "--llm-steps", "9",
+                                                  "--vq-embed-dim", "8", "--vq-restart-every", "50"]))
+    assert (f8.out, f8.vq_steps, f8.llm_steps, f8.vq_embed_dim, f8.vq_restart_every) == \
+        ("data/chameleon-tiny-8x8", 7, 9, 8, 50)
+    assert (full.vq_embed_dim, full.vq_restart_every) == (8, 50)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-typea", "--vq-steps", "0"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train-typea", "--grid", "5"])
+
+
+# --------------------------------------------------------------------------- the shipped checkpoint
+
+from seedx_lab.loading import DATA_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chameleon():
+    import seedx_lab
+
+    return seedx_lab.load("chameleon-tiny")
+
+
+def test_shipped_chameleon_tiny_loads_and_fits_the_size_limit(chameleon):
+    d = DATA_DIR / "chameleon-tiny"
+    assert sum(f.stat().st_size for f in d.iterdir() if f.is_file()) <= 15 * 10 ** 6
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "train_log.csv", "train_config.json"):
+        assert (d / f).is_file(), f
+    assert isinstance(chameleon, ChameleonTiny) and not chameleon.training
+    assert chameleon.num_codes == 16 and chameleon.config.vq.codebook_size == len(chameleon.token_ids.img)
+    r = chameleon.generate_image("one big red square in the centre .")
+    new = r.ids[len(chameleon.encode_ids(r.prompt)):].tolist()
+    assert len(new) == 17 and new[-1] == chameleon.token_ids.eoi and r.image.size == (64, 64)
+
+
+def test_shipped_tokenizer_round_trip_is_judged_right_on_most_held_out_images(chameleon):
+    """image -> codes -> image on 20 held-out caption images: the pixel judge finds the caption's object
+    (shape, colour, position) in the reconstruction of more than half of them."""
+    from seedx_lab.shapeworld.evaluate import tokenizer_ceiling
+
+    assert tokenizer_ceiling(chameleon, n=20, split="test") > 0.5
+
+
+# --------------------------------------------------------------------------- side by side (seedx_lab.lab.compare)
+
+def test_detokenizer_ceiling_draws_the_pooled_true_features(shipped, monkeypatch):
+    """The de-tokenizer is fed pool_targets(ViT(true image)) [64, vit]; a drawing that returns the true
+    picture when (and only when) it gets those features scores as the judge scores true pictures."""
+    from seedx_lab import world as W
+    from seedx_lab.images import normalize
+    from seedx_lab.lvlm import pool_targets
+    from seedx_lab.shapeworld import evaluate as E
+    from seedx_lab.training.data import image_to_unit
+
+    seen = []
+
+    def fake_draw(feats, num_inference_steps=None, seed=0):
+        sm = W.caption_image_sample(seed, "test")
+        want = pool_targets(shipped.vit(normalize(image_to_unit(sm.image)[None])), "1d", 64)[0]
+        seen.append(tuple(feats.shape))
+        return sm.image if torch.allclose(feats, want, atol=1e-5) else sm.image.rotate(90)
+
+    monkeypatch.setattr(shipped, "draw", fake_draw)
+    truth = sum(__import__("seedx_lab").judge.score_image(W.caption_image_sample(s, "test").image,
+                                                          W.caption_image_sample(s, "test").caption)["all"]
+                for s in range(3)) / 3
+    assert E.detokenizer_ceiling(shipped, n=3) == truth
+    assert seen == [(64, shipped.config.vit.output_dim)] * 3
+    with pytest.raises(ValueError, match="needs a SeedX"):
+        E.detokenizer_ceiling(ChameleonTiny.__new__(ChameleonTiny), n=1)
+
+
+def test_image_cost_counts_passes_tokens_and_cache(tiny_model):
+    from seedx_lab.lab import compare as C
+
+    cost = C.image_cost(tiny_model, "a red circle .")
+    n_prompt = len(tiny_model.encode_ids("a red circle .<img>"))
+    cfg = tiny_model.config.llm
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    per_position = cfg.num_hidden_layers * 2 * kv_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    assert (cost.tokens, cost.passes) == (16, 17)              # one pass per chosen code and one for </img>
+    assert cost.cache_bytes == (n_prompt + 16) * per_position  # the </img> step's input is the 16th code
+
+
+def test_story_layout_reads_blocks_and_trigger(tiny_model):
+    from seedx_lab.lab import compare as C
+
+    lay = C.story_layout(tiny_model, "let us draw a red star . here it is :", max_new_tokens=40, max_images=2)
+    assert lay.pictures == lay.text.count("</img>") == len(lay.images) <= 2
+    assert 0 <= lay.after_trigger <= lay.pictures and lay.text_after >= 0
+
+
+def test_variety_type_a_samples_codes(tiny_model):
+    from seedx_lab.lab import compare as C
+
+    v = C.variety(tiny_model, "a blue star .", seeds=(1, 2, 3))
+    assert v["distinct"] == 3 and v["mean_abs"] > 0 and len(v["images"]) == 3
+    same = C.variety(tiny_model, "a blue star .", seeds=(5, 5))
+    assert same["distinct"] == 1 and same["mean_abs"] == 0.0
+
+
+def test_vq_restart_moves_only_dead_codes_onto_batch_latents():
+    from seedx_lab.typea.vq import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(VQConfig.for_grid(4, codebook_size=8, vq_embed_dim=4))
+    before = vq.vq.quantize.embedding.weight.detach().clone()
+    latents = torch.randn(5, 4)
+    assert vq.restart_codes(torch.tensor([1, 6]), latents, generator=torch.Generator().manual_seed(0)) == 2
+    after = vq.vq.quantize.embedding.weight.detach()
+    assert torch.equal(after[[0, 2, 3, 4, 5, 7]], before[[0, 2, 3, 4, 5, 7]])
+    assert all(any(torch.equal(after[i], row) for row in latents) for i in (1, 6))
+    total, rec, commit, codes, flat = vq.loss_and_codes(torch.rand(2, 3, 64, 64))
+    assert codes.shape == (32,) and flat.shape == (32, 4) and int(codes.max()) < 8
+    assert torch.allclose(total, rec + vq.config.commit_weight * commit)
+
+
+def test_typea_config_restart_window_must_end_on_checkpoints():
+    from seedx_lab.training.typea import TypeAConfig
+
+    with pytest.raises(ValueError, match="vq_restart_every"):
+        TypeAConfig(ckpt_every=200, vq_restart_every=30)
+    assert TypeAConfig(ckpt_every=200, vq_restart_every=0).vq_restart_every == 0

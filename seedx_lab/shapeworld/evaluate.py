@@ -119,21 +119,25 @@ def boi_scores(model, seeds, split="test", progress=False):
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    false = 0
-    for s in tqdm(seeds, desc="text only", disable=not progress):
-        segs = W.text_only_sample(s, split).segments
-        pred, _ = boi_predictions(model, segs)
-        emitted = any(pred)
-        if not emitted:
-            prompt = torch.tensor([model.encode_ids(segs[0])], device=model.device)
-            if is_typea(model):        # no budget rule: what counts is whether <img> is emitted at all
-                new = model.generate_ids(prompt, 16, strict_budget=False)[0]
-            else:
-                new = model.lvlm.generate(prompt, max_new_tokens=16, eos_token_id=model.tokenizer.eos_token_id,
-                                          pad_token_id=model.tokenizer.pad_token_id).new_tokens[0]
-            emitted = model.token_ids.boi in new.tolist()
-        false += emitted
+    false = sum(text_only_boi(model, s, split) for s in tqdm(seeds, desc="text only", disable=not progress))
     return precision, recall, f1, false / len(seeds)
+
+
+@torch.no_grad()
+def text_only_boi(model, seed: int, split: str = "test") -> bool:
+    """Does the model open ``<img>`` in text-only sample ``seed``, while reading it (teacher forced) or
+    in a greedy continuation of 16 tokens of its first segment? (One sample of ``false_boi``.)"""
+    segs = W.text_only_sample(seed, split).segments
+    pred, _ = boi_predictions(model, segs)
+    if any(pred):
+        return True
+    prompt = torch.tensor([model.encode_ids(segs[0])], device=model.device)
+    if is_typea(model):        # no budget rule: what counts is whether <img> is emitted at all
+        new = model.generate_ids(prompt, 16, strict_budget=False)[0]
+    else:
+        new = model.lvlm.generate(prompt, max_new_tokens=16, eos_token_id=model.tokenizer.eos_token_id,
+                                  pad_token_id=model.tokenizer.pad_token_id).new_tokens[0]
+    return model.token_ids.boi in new.tolist()
 
 
 def evaluate(model, n: int = 200, split: str = "test", num_inference_steps: int | None = None,
@@ -164,4 +168,29 @@ def tokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0, p
         sm = W.caption_image_sample(s, split)
         recon = unit_to_pil(model.vq.decode(model.vq.encode(images_to_unit(sm.image).to(model.device))))[0]
         hits += J.score_image(recon, sm.caption)["all"]
+    return hits / n
+
+
+@torch.no_grad()
+def detokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0, num_inference_steps: int | None = None,
+                        progress: bool = False) -> float:
+    """A SeedX de-tokenizer's ceiling, the Type-B3 counterpart of :func:`tokenizer_ceiling`: the fraction of
+    ``n`` caption images (seeds ``seed…``) that the pixel judge finds right when the de-tokenizer draws from
+    the *true* image's features (the ViT's 256 tokens pooled to the 64 regression targets
+    ``[1, 64, vit_dim]``, what the LLM is trained to regress) instead of the LLM's. The drawing seed is the
+    caption's seed, as in :func:`image_accuracy`."""
+    from ..images import normalize
+    from ..lvlm import pool_targets
+    from ..training.data import image_to_unit
+
+    if is_typea(model):
+        raise ValueError("detokenizer_ceiling needs a SeedX model; for a Type-A model use tokenizer_ceiling")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    hits = 0
+    for s in tqdm(range(seed, seed + n), desc="true features -> image", disable=not progress):
+        sm = W.caption_image_sample(s, split)
+        pixels = normalize(image_to_unit(sm.image)[None]).to(model.device, model.dtype)
+        feats = pool_targets(model.vit(pixels), model.lvlm.target_pool, model.lvlm.num_img_tokens)[0]
+        hits += J.score_image(model.draw(feats, num_inference_steps=num_inference_steps, seed=s), sm.caption)["all"]
     return hits / n

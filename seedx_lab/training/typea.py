@@ -47,9 +47,11 @@ class TypeAConfig:
     threads: int | None = None
     grid: int = 4                          # code grid side: grid * grid code tokens per image
     codebook_size: int | None = None       # None: 256 for a 4x4 grid, 512 for 8x8 (VQConfig.for_grid)
-    vq_steps: int = 1500
+    vq_steps: int = 600
     vq_batch: int = 32
     vq_lr: float = 1e-3
+    vq_embed_dim: int | None = 8           # codebook width (None: the VQ latent width, 32)
+    vq_restart_every: int = 50             # >0: every this many steps, codes unused since are moved onto batch latents
     cache_size: int = _SEEDX.cache_size
     comprehension_pool: int = _SEEDX.comprehension_pool
     comprehension_keep_single: float = _SEEDX.comprehension_keep_single
@@ -76,6 +78,11 @@ class TypeAConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        r = self.vq_restart_every
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (r and self.ckpt_every % r):
+            # a resumed run restarts its usage count at a checkpoint, so windows must end on checkpoints
+            raise ValueError(f"vq_restart_every must be 0 or a non-negative int dividing ckpt_every="
+                             f"{self.ckpt_every}, got {r!r}")
 
     @classmethod
     def quick_run(cls, **kw) -> "TypeAConfig":
@@ -102,8 +109,10 @@ class TypeATrainer:
             for f in (self.state_path, self.work / "train_log.csv"):
                 f.unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)
-        tok = build_tokenizer(ChameleonConfig.tiny(1, cfg.grid, cfg.codebook_size).vq.codebook_size)
-        self.model = ChameleonTiny(ChameleonConfig.tiny(len(tok), cfg.grid, cfg.codebook_size), tok, device=self.device)
+        vq_kw = dict(vq_embed_dim=cfg.vq_embed_dim)
+        tok = build_tokenizer(ChameleonConfig.tiny(1, cfg.grid, cfg.codebook_size, **vq_kw).vq.codebook_size)
+        self.model = ChameleonTiny(ChameleonConfig.tiny(len(tok), cfg.grid, cfg.codebook_size, **vq_kw), tok,
+                                   device=self.device)
         self.done: list[str] = []
         self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
         if self.state_path.exists():
@@ -124,7 +133,7 @@ class TypeATrainer:
         if not isinstance(st, dict) or any(k not in st for k in ("config", "done", "stage", "step", "model", "opt")):
             raise ValueError(f"cannot resume from {p}: not a Type-A training state; run with --fresh")
         saved = st["config"]
-        for k in ("grid", "codebook_size", "seed"):
+        for k in ("grid", "codebook_size", "seed", "vq_embed_dim", "vq_restart_every"):
             if saved.get(k) != getattr(self.cfg, k):
                 raise ValueError(f"cannot resume from {p}: it was trained with {k}={saved.get(k)!r}, this run asks "
                                  f"for {k}={getattr(self.cfg, k)!r}; run with --fresh or another --work")
@@ -214,6 +223,8 @@ class TypeATrainer:
         data = torch.cat([p["caption_unit"], p["comprehension_unit"]])
         g = torch.Generator()
         vq.train()
+        usage = torch.zeros(vq.config.codebook_size, dtype=torch.long)
+        self.restarted = 0
 
         def step(i):
             g.manual_seed(_seed_of(cfg, "vae", i, 0))
@@ -221,7 +232,14 @@ class TypeATrainer:
             x = data[idx].clone()
             flip = torch.rand(cfg.vq_batch, generator=g) < 0.5
             x[flip] = x[flip].flip(-1)
-            total, rec, commit = vq.loss(x.to(self.device))
+            total, rec, commit, codes, latents = vq.loss_and_codes(x.to(self.device))
+            usage.add_(torch.bincount(codes.cpu(), minlength=usage.numel()))
+            # dead-code restart (not in the last fifth, so the codebook settles before the LLM reads it);
+            # it edits the codebook after this step's loss, before the optimiser step uses the gradients
+            if cfg.vq_restart_every and (i + 1) % cfg.vq_restart_every == 0:
+                if i < 0.8 * cfg.vq_steps:
+                    self.restarted += vq.restart_codes((usage == 0).nonzero().flatten(), latents, generator=g)
+                usage.zero_()
             return total, float(rec.detach()), float(commit.detach())
 
         self._loop("vq", list(vq.parameters()), cfg.vq_steps, cfg.vq_lr, step)

@@ -46,9 +46,10 @@ class ChameleonConfig:
     arch: str = ARCH
 
     @classmethod
-    def tiny(cls, vocab_size: int, grid: int = 4, codebook_size: int | None = None) -> "ChameleonConfig":
-        """seedx-tiny's LLM (``LLMConfig.tiny``) and a VQ tokenizer of ``grid`` x ``grid`` codes."""
-        return cls(vq=VQConfig.for_grid(grid, codebook_size), llm=LLMConfig.tiny(vocab_size))
+    def tiny(cls, vocab_size: int, grid: int = 4, codebook_size: int | None = None, **vq) -> "ChameleonConfig":
+        """seedx-tiny's LLM (``LLMConfig.tiny``) and a VQ tokenizer of ``grid`` x ``grid`` codes (``vq``: other
+        :class:`VQConfig` fields, e.g. ``vq_embed_dim``)."""
+        return cls(vq=VQConfig.for_grid(grid, codebook_size, **vq), llm=LLMConfig.tiny(vocab_size))
 
     def to_dict(self) -> dict:
         return dict(arch=self.arch, vq=self.vq.to_dict(), llm=dict(vars(self.llm)))

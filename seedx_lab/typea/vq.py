@@ -40,6 +40,7 @@ class VQConfig:
     foreground_weight: float = 5.0       # as the seedx-tiny VAE (TrainConfig.vae_foreground_weight)
     l1_weight: float = 0.5
     commit_weight: float = 1.0
+    vq_embed_dim: int | None = None      # codebook vectors' width (None: latent_channels); small widths use more codes
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
@@ -102,7 +103,8 @@ class VQTokenizer(nn.Module):
                               up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=config.block_out_channels,
                               layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
                               num_vq_embeddings=config.codebook_size, norm_num_groups=config.norm_num_groups,
-                              sample_size=config.image_size, mid_block_add_attention=config.mid_block_add_attention)
+                              sample_size=config.image_size, mid_block_add_attention=config.mid_block_add_attention,
+                              vq_embed_dim=config.vq_embed_dim)
         if dtype is not None:
             self.vq.to(dtype=dtype)
 
@@ -153,11 +155,31 @@ class VQTokenizer(nn.Module):
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training loss of a batch ``[B, 3, 64, 64]`` in [0, 1]: ``(total, reconstruction, codebook+commitment)``."""
+        return self.loss_and_codes(images)[:3]
+
+    def loss_and_codes(self, images: torch.Tensor):
+        """:meth:`loss` plus what a dead-code restart needs: the batch's codes ``[B * grid * grid]`` and its
+        unquantised latents ``[B * grid * grid, D]`` (detached)."""
         x = self._check_images(images)
-        out = self.vq.decode(self.vq.encode(x).latents)    # quantises; straight-through gradients
+        h = self.vq.encode(x).latents
+        quant, commit, (_, _, idx) = self.vq.quantize(h)        # straight-through gradients
+        out = self.vq.decode(quant, force_not_quantize=True)
         rec = reconstruction_error(out.sample, x, self.config.foreground_weight, self.config.l1_weight)
-        commit = out.commit_loss.float().mean()
-        return rec + self.config.commit_weight * commit, rec, commit
+        commit = commit.float().mean()
+        flat = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        return rec + self.config.commit_weight * commit, rec, commit, idx.reshape(-1), flat
+
+    @torch.no_grad()
+    def restart_codes(self, dead: torch.Tensor, latents: torch.Tensor, generator=None) -> int:
+        """Move the codebook entries ``dead`` (indices ``[k]``) onto latents drawn at random from ``latents``
+        ``[M, D]`` (a batch's encoder outputs), so that unused codes come back where the encoder puts its
+        vectors. Returns k."""
+        if dead.numel() == 0:
+            return 0
+        pick = torch.randint(0, latents.shape[0], (dead.numel(),), generator=generator)
+        w = self.vq.quantize.embedding.weight
+        w[dead.to(w.device)] = latents[pick].to(w.device, w.dtype)
+        return int(dead.numel())
 
     @torch.no_grad()
     def codebook_usage(self, images: torch.Tensor) -> float:
