@@ -57,6 +57,17 @@ def test_wilson_matches_closed_forms():
         C.Rate(3, 2)
 
 
+def test_newcombe_matches_the_published_examples():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, method 10: 56/70 - 48/80 and 9/10 - 3/10
+    lo, hi = C.newcombe(56, 70, 48, 80)
+    assert math.isclose(lo, 0.0524, abs_tol=5e-5) and math.isclose(hi, 0.3339, abs_tol=5e-5)
+    lo, hi = C.newcombe(9, 10, 3, 10)
+    assert math.isclose(lo, 0.1705, abs_tol=5e-5) and math.isclose(hi, 0.8090, abs_tol=5e-5)
+    assert C.newcombe(2, 4, 2, 4)[0] < 0 < C.newcombe(2, 4, 2, 4)[1]
+    with pytest.raises(ValueError, match="n1=0"):
+        C.newcombe(0, 0, 1, 2)
+
+
 def test_ledger_counts_and_last_line():
     rows = [C.ClaimResult(i, f"c{i}", "s", "p", {}, v, "e")
             for i, v in enumerate([C.HOLDS, C.FAILS, C.FAILS, C.CAVEAT, C.NOT_MEASURED], start=1)]
@@ -233,13 +244,35 @@ def test_claim10_flips_when_tiles_keep_the_ratio():
 
 # --------------------------------------------------------------------------- claims 7, 11, 12
 
+def claim7_rule(m):
+    """Claim 7's verdict written out again from its numbers."""
+    d, f = m["judge_reading_differs"], m["judge_floor"]
+    if not m["block_deterministic"] or C.newcombe(d.k, d.n, f.k, f.n)[0] > 0:
+        return C.FAILS
+    return C.CAVEAT if m["mean_pixel_diff"] > 0 else C.HOLDS
+
+
 def test_claim7_identical_seeds_show_no_variety(model):
     r = C.claim7(model, n=2, seeds=(0, 1), num_inference_steps=2, sample_runs=1)
     assert r.measured["block_deterministic"] and r.measured["mean_pixel_diff"] > 0
-    assert r.verdict in (C.CAVEAT, C.FAILS)
+    assert r.verdict == claim7_rule(r.measured) and r.measured["difference_ci"] == C.newcombe(
+        r.measured["judge_reading_differs"].k, 2, r.measured["judge_floor"].k, 2)
     same = C.claim7(model, n=2, seeds=(3, 3), num_inference_steps=2, sample_runs=1)
     assert same.measured["mean_pixel_diff"] == 0 and same.measured["judge_reading_differs"].k == 0
-    assert same.verdict == C.HOLDS
+    assert same.measured["judge_floor"].k == 0 and same.verdict == C.HOLDS
+
+
+def test_claim7_fails_when_the_seed_decides_what_is_drawn(model, monkeypatch):
+    # a de-tokenizer whose noise seed picks the picture: seed s draws the features of the caption s places on
+    real = model.draw
+
+    def draw(features, num_inference_steps=None, seed=0, **kw):
+        return real(features.roll(int(seed), dims=0), num_inference_steps=num_inference_steps, seed=0, **kw)
+    monkeypatch.setattr(model, "draw", draw)
+    r = C.claim7(model, n=8, seeds=(0, 1), num_inference_steps=5, sample_runs=1)
+    m = r.measured
+    assert m["block_deterministic"] and m["judge_reading_differs"].k > m["judge_floor"].k
+    assert m["difference_ci"][0] > 0 and r.verdict == C.FAILS == claim7_rule(m)
 
 
 def test_claim7_fails_when_the_block_is_not_a_function_of_the_prompt(model):
