@@ -156,10 +156,14 @@ def _cmd_claims(args) -> int:
 
     import torch
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    model = load(args.model, **_device_kwargs(args))
-    print(ledger(model, n=args.n, n_steps=args.n_steps, only=args.only, model_name=args.model,
-                 progress=not args.no_progress))
+    try:                                   # main() may run in a process that goes on (tests, notebooks)
+        model = load(args.model, **_device_kwargs(args))
+        print(ledger(model, n=args.n, n_steps=args.n_steps, only=args.only, model_name=args.model,
+                     progress=not args.no_progress))
+    finally:
+        torch.set_num_threads(previous)
     return 0
 
 

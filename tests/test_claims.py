@@ -300,3 +300,21 @@ def test_claim12_fails_when_the_features_are_blank(model):
         r2 = C.claim12(model, n=3, steps=(1, 3))
     assert r2.measured["table"][3]["all"].k == 0 and r2.verdict == C.FAILS
     assert r.verdict != r2.verdict
+
+
+def test_cli_claims_runs_on_its_threads_and_gives_them_back(capsys, monkeypatch):
+    from seedx_lab.cli import main
+
+    before = torch.get_num_threads()
+    seen = []
+    real = C.claim10
+    monkeypatch.setattr(C, "claim10", lambda: (seen.append(torch.get_num_threads()), real(n=20))[1])
+    torch.set_num_threads(2)
+    try:
+        assert main(["claims", "--only", "10", "--threads", "1", "--no-progress"]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("claims=1 measured=1 ")
+    with pytest.raises(SystemExit):
+        main(["claims", "--threads", "0"])
