@@ -371,7 +371,8 @@ print("rows of pictures:", *[c.caption for c in captions[:2]], sep="\n  ")
 # noisy end of the schedule, where the layout is decided; see `train.py`.) Compare the `all` line with the
 # row fed the true features: the gap between them is the LLM's share, the gap from that row to the true
 # images the de-tokenizer's own (a small UNet trained for minutes on a CPU). The published count of 50 steps
-# is measured, with 1 step and intervals, in notebook 13 (`seedx-lab claims --only 12`).
+# is measured, with 1 step and intervals, in notebook 13 (`seedx-lab claims --only 12`), and on 100 held-out
+# captions in `docs/experiments.md` (section "Claim 12").
 
 # %%
 n_cap = len(captions)
