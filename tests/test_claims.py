@@ -1,7 +1,8 @@
 """Each claim check of ``seedx_lab.lab.claims`` must be able to fail: every test runs the claim on
 seedx-tiny and on a counterfactual it builds (another processor, sampling on, another pooling, a
 suppressed ``<img>`` logit, ...) and asserts that the verdict follows the measurement and flips.
-Sizes are tiny (n = 2-3) to keep the suite fast; the verdict rules do not depend on n."""
+Sizes are small (n = 1-8) to keep the suite fast; claim 7's counterfactual is decided by an interval of the
+difference of two rates, so it needs the most."""
 from __future__ import annotations
 
 import math
