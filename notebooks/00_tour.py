@@ -158,7 +158,8 @@ print(f"the whole tour took {time.perf_counter() - started:.1f} s on this machin
 # ## Exercises
 # 1. Draw "a small purple star in the centre ." with several seeds. What changes between seeds, and what stays?
 # 2. Describe an image you make yourself with `world.render(world.Scene(...))`. Can you confuse the model?
-# 3. Start a story with "we make pictures today ." and nothing else. Does the model draw anything? Why not?
+# 3. Start a story with "we make pictures today ." and nothing else. Does the model draw anything? What in its
+#    training stories decides that? (Notebook 07, section 5, counts such prompts.)
 #
 # <details><summary>Answer 1</summary>
 #

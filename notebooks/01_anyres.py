@@ -143,7 +143,10 @@ plt.show()
 # The seed analysis says (claim 10): *any-res picks a grid and splits the image into 448 tiles with
 # per-tile positions*. The published code adds detail: the grid is the smaller-area choice of two rules,
 # the image is stretched, and positions are normalised tile centres with the global view at (0.5, 0.5).
-# The cell below fails if any of that is false for our implementation on the cat photo.
+# The cell below fails on the cat photo if the grid is not the smaller-area choice, if the tile count is not
+# the grid's plus one global view, or if a position lies outside (0, 1) or the global view is not at
+# (0.5, 0.5). Stretching is what the picture of section 3 shows; the claims ledger (notebook 13, claim 10)
+# measures it, and checks the grid choice against `transformers` on 500 random sizes.
 
 # %%
 llava_area = decision.llava_choice[0] * decision.llava_choice[1]
@@ -282,9 +285,10 @@ def tile(image, base):
 checks.check_tiling(tile)
 
 # %% [markdown]
-# **Your tiler in the real pipeline.** seedx-tiny describes a held-out picture of a wide or tall shape
-# world scene twice: once as shipped, once with `tile` in place of `anyres.tile_image`. The line printed
-# says whether the description is exact and whether it equals the untouched model's.
+# **Your tiler in the real pipeline.** seedx-tiny describes two held-out shape-world pictures (the line
+# gives each one's size: wide, tall or square) twice: once as shipped, once with `tile` in place of
+# `anyres.tile_image`. The line printed says whether the description is exact and whether it equals the
+# untouched model's.
 
 # %%
 import seedx_lab

@@ -35,7 +35,7 @@
 # 5. see what the tile-position embedding adds and why it is "linear in the position";
 # 6. compare the sizes of the published and the tiny modules.
 #
-# Everything runs on a CPU in a few seconds with the trained `seedx-tiny` checkpoint.
+# Everything runs on a CPU with the trained `seedx-tiny` checkpoint.
 
 # %%
 import torch
@@ -212,9 +212,9 @@ from seedx_lab import widgets
 widgets.attention_viewer(model, sample.image).set(query=27)
 
 # %% [markdown]
-# seedx-tiny's resampler has two kinds of heads. In the last `local_heads` of them nothing but the learned
-# weights decides where a query looks, as in the published resampler; the first ones carry a **place
-# bias** that section 4b explains. Here we follow the free heads.
+# seedx-tiny's resampler has two kinds of heads. The first `local_heads` of them carry a **place bias**
+# that section 4b explains; in the others nothing but the learned weights decides where a query looks, as
+# in the published resampler. Here we follow those free heads.
 #
 # One number per query summarises its map: the attention-weighted **centre** of the cells it reads.
 # The arrows go from each query's own place on the 8 x 8 grid to that centre.
@@ -247,8 +247,8 @@ print(f"median entropy of a query's map: {entropy.median():.2f} nats "
 # Do the free heads' arrows point at the shape rather than at the query's own place? Measure it: mark the
 # 4 x 4-pixel cells of the global view that are mostly covered by the shape (their colour differs from the
 # background's), and compare the share of the picture they cover with the share of attention they receive.
-# This is a property of one training run, not of the architecture: in the checkpoint before this one the free
-# heads gave the shape three times its share (34 % of the attention for 11 % of the cells).
+# This is a property of one training run, not of the architecture: another checkpoint may answer otherwise
+# (`docs/experiments.md`, section "Binding", keeps what earlier ones gave).
 
 # %%
 px = np.asarray(tiles.images[view]).astype(float)                     # [64, 64, 3]
@@ -290,21 +290,22 @@ plt.show()
 # %% [markdown]
 # ### 4b. What content-seeking queries cost, and seedx-tiny's place bias
 # A query that gathers the cells of *a* shape, wherever it is, may gather two objects at once; the LLM
-# then has to untangle which colour and which shape belong to which place. An earlier seedx-tiny, whose
-# four heads were all free, showed the cost: on the 60 held-out test pictures used below it named 28 of 28
-# lone objects right but only 39 of 73 objects in company, and when it missed one, the wrong colour or
-# shape belonged to *another object of the same picture* 41 times and was absent from the picture 5 times.
+# then has to untangle which colour and which shape belong to which place. The symptom to look for is
+# *borrowing*: when an object in company is misnamed, the wrong colour or shape is one that *another object
+# of the same picture* has. (An earlier seedx-tiny whose heads were all free borrowed often. That checkpoint
+# is not shipped, so this notebook cannot measure it again; its counts are in `docs/experiments.md`,
+# section "Binding".)
 #
-# So the shipped seedx-tiny turns the hint of section 4 into a rule in two of its four heads:
+# The shipped seedx-tiny turns the hint of section 4 into a rule in its first `local_heads` heads:
 # `ResamplerConfig.locality` subtracts `locality * d**2` from the attention scores, where `d` is the
 # distance between the query's place and the key's (image side = 1). That multiplies every weight by
 # `exp(-locality * d**2)` before the softmax renormalises. It adds no parameter, and the published
-# resampler has `locality = 0`, so real SEED-X weights load and run unchanged. Trained with it (stage c
-# alone, same ViT and de-tokenizer), the model named 0.73 of 200 validation pictures' first objects right
-# instead of 0.685, and borrowed attributes 55 times instead of 87 on 150 validation pictures.
+# resampler has `locality = 0`, so real SEED-X weights load and run unchanged. (What the rule bought when
+# stage c was retrained with and without it is in `docs/experiments.md` too.)
 #
 # First, the rule at work: the share of each head's attention that falls within 0.15 of the query's own
-# place (a circle around its 2 x 2 block of cells).
+# place (a circle around its 2 x 2 block of cells). Do the biased heads keep to their own place, and do the
+# free heads look elsewhere?
 
 # %%
 near = model.lvlm.input_resampler.place_distance(256) < 0.15 ** 2        # [64, 256]
@@ -322,7 +323,8 @@ if rcfg.locality:
 # Now the count on the shipped model. Below, 60 held-out test pictures are described, and every object of
 # every picture is checked on its own: is its (shape, colour, position) named? When an object is missed but
 # something is named at its place, is the wrong colour or shape one that another object of the same
-# picture has (*borrowed*), or one that is nowhere in the picture (*absent*)?
+# picture has (*borrowed*), or one that is nowhere in the picture (*absent*)? Are objects in company named
+# as often as lone ones, and is what remains binding (borrowed) or seeing (absent)?
 
 # %%
 from collections import Counter
@@ -365,28 +367,25 @@ print(f"objects in company named right: {several:.0%} (lone objects: {one:.0%});
       + (": what remains is mostly binding, not seeing" if borrowed > absent else ""))
 
 # %% [markdown]
-# On the same 60 pictures the earlier all-free model named 39 of 73 objects in company (41 attributes
-# borrowed), and the checkpoint before this one, with the place bias but trained on the world's own mix of
-# scenes, named 48 (26 borrowed, 28 of 28 lone objects) (`docs/experiments.md`). Compare those with the line
-# above: the place bias alone did not solve binding. What the shipped checkpoint changed besides was data: the shipped LLM stage describes pictures with
-# company most of the time (only 0.2 of the one-object scenes are kept) and reads 24 of them per step, where
-# the earlier one read 8 drawn from the world's mix (`TrainConfig.comprehension_keep_single`,
-# `comprehension_batch`; the README has the measurements). It costs little on lone objects.
+# Read the two groups above against each other: does company still cost the model objects, and how do the
+# borrowed and absent counts compare? The place bias was one of two changes behind the shipped checkpoint.
+# The other was data: its LLM stage describes pictures with company most of the time and reads many of them
+# per step (the cell below prints the two settings). How the earlier checkpoints did on these same 60
+# pictures is in `docs/experiments.md` (section "Binding"); this notebook only measures the shipped one.
 #
-# Part of the mixing happens before the resampler, in the ViT's own attention pool. A linear probe trained
-# on single ViT output tokens (a scratch experiment on 600 validation pictures) reads a cell's colour right
-# for 89 % of the cells of lone objects but 83 % in company, and its shape 83 % vs 74 %; on the patch
-# vectors *before* the pool the colour is still 98 % vs 96 %. Giving two of the pool's four heads the same
-# place bias (locality 1000) cleaned the tokens: colour 98 % alone and in company, shape 91 % vs 79 %. Yet
-# the LLM stage trained on those cleaner tokens (same de-tokenizer, same 2,400 steps) named the first object
-# of 0.723 of 300 validation pictures right, against 0.727 for the same stage retrained on the shipped ViT.
-# Cleaner tokens alone did not buy better descriptions, so seedx-tiny's ViT keeps the published pool.
-#
-# Would it help to write the place first ("at the top a big cyan circle") so that the LLM knows where to
-# look before it names the colour? Two scratch experiments say no. Before the place bias, the LLM stage
-# retrained on such descriptions named 0.655 of 200 validation pictures' first objects right, against
-# 0.685. With it (stage c retrained both ways on the shipped ViT), 0.737 against 0.727 of 300 validation
-# pictures, and 0.765 against 0.78 of 200 test pictures. Both differences are within the noise.
+# Part of the mixing may happen before the resampler, in the ViT's own attention pool, which averages
+# patch vectors of neighbouring objects together. Two scratch experiments asked whether that matters: a place
+# bias in the ViT's pool as well, and descriptions that name the place first ("at the top a big cyan
+# circle") so that the LLM knows where to look before it names the colour. Their numbers, and why
+# seedx-tiny's ViT keeps the published pool, are in the same section of `docs/experiments.md`.
+
+# %%
+from seedx_lab.training import TrainConfig
+
+defaults = TrainConfig()
+print(f"one-object scenes kept for describing: {defaults.comprehension_keep_single} of them "
+      f"(comprehension_keep_single); pictures described per step: {defaults.comprehension_batch} "
+      f"(comprehension_batch)")
 
 # %% [markdown]
 # ## 5. The tile-position embedding

@@ -102,7 +102,7 @@ plt.show()
 # %% [markdown]
 # ## 2. Adding the tokens to another tokenizer
 # SEED-X starts from a tokenizer that knows nothing about images. We imitate that with a small BPE
-# tokenizer trained on 300 of the shape world's captions (in a fraction of a second, nothing downloaded).
+# tokenizer trained here on 300 of the shape world's captions (nothing downloaded).
 # Before the tokens are added, `<img_00005>` is just text and falls apart into many pieces; after
 # `tokens.add_special_tokens` it is one token. Calling it again adds nothing: it is idempotent.
 
@@ -310,9 +310,9 @@ for name, (ids_r, labs_r, flags_r, *_) in encoded.items():
 print("in every kind of sequence: one labelled <img> per generated image, no labelled image token")
 
 # %% [markdown]
-# Since `<img>` is a training target, the trained model has learned to put probability on it right
-# after a caption. (How much, and what that means for "BOI is given in the prompt", is notebook 07's
-# subject; here we only look.)
+# Since `<img>` is a training target, has the trained model learned to put probability on it right after a
+# caption? The cell prints P(`<img>`) there, next to a uniform guess. (What that means for "BOI is given in
+# the prompt" is notebook 07's subject; here we only look.)
 
 # %%
 with torch.no_grad():

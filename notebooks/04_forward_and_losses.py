@@ -268,7 +268,7 @@ print("1-D target k = mean of ViT tokens 4k..4k+3 (always within one row); 2-D t
 # vector), but a 2 x 2 pooling would match the query grid.
 #
 # Which of the two targets does the trained seedx-tiny reproduce? It was trained with the 1-D target (as
-# published), so its output features should be closer to the 1-D pooling. We measure it on 24 caption
+# published); if training did what it asked, its output features are closer to the 1-D pooling. We measure it on 24 caption
 # pictures the model was trained on and 24 from the held-out validation split: run the training
 # sequence `{caption}<img>...</img>` through the model, take the output resampler's features, and
 # compute the MSE against both poolings of the real picture's ViT features.

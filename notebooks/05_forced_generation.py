@@ -128,8 +128,8 @@ timeline
 
 # %% [markdown]
 # Every step is `inside` (k image tokens written so far, k = 0..63) until the last one, `closing`, which
-# forces `</img>`. The forced token's own score is usually *not* the highest: the model is never trained to
-# predict image tokens (they carry no language-model label), so the force really overrides it.
+# forces `</img>`. Is the forced token's own score the highest? Nothing makes it so: the model is never
+# trained to predict image tokens (they carry no language-model label), so the force may override it.
 # How far from the model's own choice is each forced token? Its rank among the raw scores tells.
 
 # %%
@@ -140,7 +140,7 @@ ax.bar(range(len(ranks)), ranks + 1, color=["tab:blue" if s == "inside" else "ta
 ax.set_yscale("log")
 ax.set_xlabel("decoding step after <img> (blue: forces <img_k>, orange: forces </img>)")
 ax.set_ylabel("rank of the forced token\nin the raw scores (1 = top)")
-ax.set_title("the processor overrides the model at almost every step")
+ax.set_title(f"the model's own top choice was the forced token at {int((ranks == 0).sum())} of {len(ranks)} steps")
 plt.show()
 print("steps where the model's own top choice already was the forced token:", int((ranks == 0).sum()), "of", len(ranks))
 
@@ -245,7 +245,8 @@ for mode in G.MODES:
           f"at 0.7 = {(s / 0.7).softmax(-1)[0, 32004].item():.3f}")
 p_faithful = G.AutoImageTokenGenerationProcessor(token_ids=big, num_img_gen_tokens=64)(row, flat).softmax(-1)[0, 32004]
 assert 0.3 < p_faithful.item() < 0.5
-print("max + 10 is a nudge, not a guarantee: sampling at temperature 1 could leave the block 6 times in 10 here")
+print(f"max + 10 is a nudge, not a guarantee: sampling at temperature 1 would leave the block with probability "
+      f"{1 - p_faithful.item():.2f} per step here")
 
 # %% [markdown]
 # The published `generate` never samples (claim #9 below), so this weakness stays hidden there.
@@ -325,15 +326,14 @@ print("identical hidden states:", torch.equal(a.hidden, b.hidden), "| identical 
 
 # %% [markdown]
 # Where can variety come from, then? From sampling the **text before** `<img>` (when sampling is switched
-# on), and from the de-tokenizer's noise (notebook 06). Sampling *inside* the block changes nothing: we
+# on), and from the de-tokenizer's noise (notebook 06). Does sampling *inside* the block change anything? We
 # sample with five different random generators — with the published temperature 0.7 / top-p 0.5 and the
-# faithful processor, and with temperature 1.0 / no top-p and the strict processor — and the block is the
-# same every time.
+# faithful processor, and with temperature 1.0 / no top-p and the strict processor — and compare the blocks
+# with each other and with the greedy one.
 #
 # One detail: with sampling and the faithful processor `generate` takes the block one step at a time,
-# while greedy decoding appends the whole block in one forward pass. The two orders of arithmetic give
-# the same numbers up to float rounding (about 1e-6), so we compare those with a tolerance and runs of the
-# same kind bit for bit.
+# while greedy decoding appends the whole block in one forward pass. The two orders of arithmetic may differ
+# by float rounding, so those are compared with a tolerance (1e-4) and runs of the same kind bit for bit.
 
 # %%
 sampled = {}

@@ -255,7 +255,8 @@ scrub
 
 # %% [markdown]
 # Five of the ten steps side by side: the top row is what the latents look like, the bottom row what the
-# model currently believes the final picture to be. The picture settles long before the noise is gone.
+# model currently believes the final picture to be. Does the picture settle before the noise is gone, and at
+# which step?
 
 # %%
 shown = [0, 2, 4, 6, 9]
@@ -308,8 +309,9 @@ print(f"seeds 1-3 against seed 0: mean pixel difference {np.mean(diffs):.1f} of 
 # ## 6. Claim #12 — quality against the number of steps
 # SEED-X samples with 50 Euler steps at 1024 px (and classifier-free guidance 7.5). How many steps does the
 # de-tokenizer really need? seedx-tiny is small enough to measure: the 16 held-out captions of section 1,
-# drawn with 2, 5, 10 and 25 steps (same seed, guidance 3.0: the tiny de-tokenizer was trained with 10 % of
-# its conditions dropped, so it has an unconditional branch to guide against). The **pixel judge**
+# drawn with 2, 5, 10 and 25 steps (same seed, the model's guidance `model.config.guidance_scale`: the tiny
+# de-tokenizer was trained with a share of its conditions dropped, so it has an unconditional branch to
+# guide against). The **pixel judge**
 # (`judge.score_image`) finds the objects in the pixels and checks the caption's shape, colour and position
 # one by one; `all` needs all three. Two references: the judge on the true images (the ceiling of the
 # judge itself), and the de-tokenizer fed the *true* image's pooled ViT features instead of the LLM's (the
@@ -369,7 +371,8 @@ print("rows of pictures:", *[c.caption for c in captions[:2]], sep="\n  ")
 # noisy end of the schedule, where the layout is decided; see `train.py`.) Compare the `all` line with the
 # row fed the true features: the gap between them is the LLM's share, the gap from that row to the true
 # images the de-tokenizer's own (a small UNet trained for minutes on a CPU). The published count of 50 steps
-# is measured, with 1 step and intervals, in notebook 13 (`seedx-lab claims --only 12`).
+# is measured, with 1 step and intervals, in notebook 13 (`seedx-lab claims --only 12`), and on 100 held-out
+# captions in `docs/experiments.md` (section "Claim 12").
 
 # %%
 n_cap = len(captions)

@@ -109,8 +109,8 @@ axes[1].set_xticks(range(len(keep)), labels, rotation=90, fontsize=8)
 plt.show()
 
 # %% [markdown]
-# P(`<img>`) is close to zero everywhere except right after a trigger phrase (the `:`), where it jumps close
-# to one, and the lens shows in which layer the decision appears. The same picture, interactive: edit the
+# Look for: is P(`<img>`) near zero everywhere except right after a trigger phrase (the `:`)? In which layer
+# does the lens first show the decision? Section 2 counts both on 20 stories. The same picture, interactive: edit the
 # prompt in JupyterLab, press *Generate* and see what the model writes under either blocking mode.
 
 # %%

@@ -25,7 +25,7 @@
 # 3. **LLM + input and output resamplers** — next-token loss on text and on `<img>`, plus a regression loss that
 #    pulls the output resampler's 64 features towards the picture's pooled ViT features.
 #
-# You will run a **quick** version of all three stages (a couple of minutes on a laptop CPU), watch the losses
+# You will run a **quick** version of all three stages (its time is printed when it ends), watch the losses
 # fall, and compare its drawings with the shipped model, which ran the same code with many more steps
 # (the command is in the README: `seedx-lab train`).
 
@@ -125,8 +125,9 @@ print("full run steps per stage:", {st: int(max(x["step"] for x in full if x["st
 # ## 5. When each stage ran
 # Stages b and c both start from the finished ViT and never read each other, so on a CPU the trainer runs them
 # side by side, in two processes of half the threads each (`TrainConfig.parallel`; `seedx-lab train --sequential`
-# keeps one process). Models this small use a second thread poorly, so two one-thread processes get more done
-# per second than one process with both threads (`benchmarks/lanes.py` measures it). Every row of the log
+# keeps one process). The bet is that models this small use a second thread poorly, so that two one-thread
+# processes get more done per second than one process with both threads; `benchmarks/lanes.py` measures it
+# (its ratios are in `docs/experiments.md`). Every row of the log
 # carries the seconds since the run started, so the quick run's own log shows the two lanes overlapping, and so
 # does the shipped checkpoint's (it was trained side by side too, by `seedx-lab train --fresh`).
 

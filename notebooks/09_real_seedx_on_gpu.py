@@ -333,7 +333,7 @@ print(f"{MODEL} says:", model.decode(out.new_tokens[0]))
 # %% [markdown]
 # Where do the input resampler's queries look? For the global view, each of the 64 queries has an
 # attention map over the ViT's 16 × 16 grid of features (averaged over heads here). Queries sit on an
-# 8 × 8 grid with 2-D positions, so neighbouring queries tend to look at neighbouring places.
+# 8 × 8 grid with 2-D positions: do neighbouring queries look at neighbouring places on the model loaded here?
 
 # %%
 # NBVAL_IGNORE_OUTPUT

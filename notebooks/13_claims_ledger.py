@@ -46,7 +46,7 @@
 # | 4 | at every free position of held-out stories and text-only samples: does a "blocked" token win greedy decoding after the processor, and how much probability does sampling at temperature 1 leave on them |
 # | 5 | is `<img>` in the blocked set, and does any processor change its score at text positions |
 # | 6 | teacher-forced `<img>` at the second and third picture of stories that have them, and greedy continuations of story openings that open two or more blocks |
-# | 7 | the 64 hidden states of `caption<img>` under greedy decoding and under sampling; then the same features drawn with two noise seeds: does the pixel judge read a different picture, and how far apart are the pixels |
+# | 7 | the 64 hidden states of `caption<img>` under greedy decoding and under sampling; then the same features drawn with two noise seeds: does the pixel judge read a different picture more often than when the same pixel change is shuffled (no structure, the judge's noise floor; a 95 % interval of the difference), and how far apart are the pixels |
 # | 8 | image tokens between `<img>` and `</img>` with a full budget, and what a budget that cuts the block returns |
 # | 9 | the published call (`do_sample=False, temperature=0.7, top_p=0.5`) through `transformers`' own `generate`, compared with plain greedy decoding over several random seeds |
 # | 10 | on 500 random sizes: the LLaVA-NeXT choice against `transformers`' `select_best_resolution`, the grid as the smaller-area choice, tile positions as centres; on blank images whose ratio is not a grid's, whether the tiles are stretched (no padding) |
@@ -54,13 +54,14 @@
 # | 12 | every judge metric (shape, colour, position, all) at 1, 2, 5, 10, 25 and 50 Euler steps on held-out captions |
 #
 # Claim 12 is the expensive one: each caption is drawn 6 times, 93 UNet steps in all. The notebook runs it
-# on few captions (`N_STEPS` below), so its intervals are wide; `seedx-lab claims --only 12 --n-steps 100`
-# runs the full measurement.
+# on a few captions (`N_STEPS` below), so its intervals are wide; `seedx-lab claims --only 12 --n-steps 100`
+# runs the full measurement (what it printed on this project's CPU is in `docs/experiments.md`).
 
 # %%
 import warnings
 
 import matplotlib.pyplot as plt
+import torch
 
 import seedx_lab
 from seedx_lab.lab import claims as C
@@ -68,8 +69,9 @@ from seedx_lab.lab import claims as C
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 plt.rcParams["figure.dpi"] = 72
+torch.set_num_threads(1)   # as `seedx-lab claims` does: seedx-tiny's matrices are too small to share out
 model = seedx_lab.load("seedx-tiny")
-N, N_STEPS = 4, 2          # stories / captions / prompts per claim; captions for claim 12
+N, N_STEPS = 6, 8          # stories / captions / prompts per claim; captions for claim 12 (the CLI's defaults)
 print(f"seedx-tiny, n={N} per claim, {N_STEPS} captions for the step sweep")
 
 # %% [markdown]
@@ -84,14 +86,16 @@ fig = led.plot()
 fig
 
 # %% [markdown]
-# Claim 12 in full: each judge metric by number of Euler steps (k of n, 95 % interval). Which metric
-# moves with the number of steps, and in which direction?
+# Claim 12 in full is the table under its row: each judge metric by number of Euler steps (k of n, 95 %
+# interval). Which metric moves with the number of steps, and in which direction?
 
 # %%
 t12 = led[12].measured["table"]
-print(f"{'steps':>5} " + " ".join(f"{k:>18}" for k in C.JUDGE_KEYS))
-for steps, row in t12.items():
-    print(f"{steps:>5} " + " ".join(f"{str(row[k]):>18}" for k in C.JUDGE_KEYS))
+steps = list(t12)
+for key in C.JUDGE_KEYS:
+    ks = [t12[s][key].k for s in steps]
+    print(f"{key:>8}: spread {max(ks) - min(ks)} of {t12[steps[0]][key].n} caption(s) over {steps[0]}-{steps[-1]} "
+          f"steps; {steps[-1]} steps against {steps[0]}: {ks[-1] - ks[0]:+d}")
 
 # %% [markdown]
 # ## 3. Does every verdict follow from its numbers?
@@ -108,7 +112,8 @@ expected = {
     4: C.FAILS if m[4]["greedy_wins"].k else C.CAVEAT if m[4]["sampling_mass_max"] > 0 else C.HOLDS,
     5: C.HOLDS if not m[5]["boi_in_blocked_set"] and m[5]["boi_score_changed"].k == 0 else C.FAILS,
     6: C.FAILS if m[6]["second_boi_teacher_forced"].k or m[6]["openings_with_two_or_more"].k else C.CAVEAT,
-    7: C.FAILS if not m[7]["block_deterministic"] or m[7]["judge_reading_differs"].k
+    7: C.FAILS if not m[7]["block_deterministic"] or C.newcombe(
+        m[7]["judge_reading_differs"].k, m[7]["judge_reading_differs"].n, m[7]["judge_floor"].k, m[7]["judge_floor"].n)[0] > 0
        else C.CAVEAT if m[7]["mean_pixel_diff"] > 0 else C.HOLDS,
     8: C.FAILS if m[8]["block_sizes"] != [64] else C.CAVEAT if m[8]["cut_images_returned"] == 0 else C.HOLDS,
     9: C.FAILS if m[9]["equal_to_greedy"].k == m[9]["equal_to_greedy"].n else C.HOLDS,

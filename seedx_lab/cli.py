@@ -185,9 +185,16 @@ def _cmd_claims(args) -> int:
     from .lab.claims import ledger
     from .loading import load
 
-    model = load(args.model, **_device_kwargs(args))
-    print(ledger(model, n=args.n, n_steps=args.n_steps, only=args.only, model_name=args.model,
-                 progress=not args.no_progress))
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:                                   # main() may run in a process that goes on (tests, notebooks)
+        model = load(args.model, **_device_kwargs(args))
+        print(ledger(model, n=args.n, n_steps=args.n_steps, only=args.only, model_name=args.model,
+                     progress=not args.no_progress))
+    finally:
+        torch.set_num_threads(previous)
     return 0
 
 
@@ -279,10 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_plan)
     cl = sub.add_parser("claims", help="measure the seed analysis's 12 claims on a model and print the ledger")
     _add_model_args(cl)
-    cl.add_argument("-n", type=int, default=4, help="stories / captions / prompts per claim (default 4)")
-    cl.add_argument("--n-steps", type=int, default=2,
-                    help="held-out captions for claim 12's sweep over 1, 2, 5, 10, 25, 50 steps (default 2)")
+    cl.add_argument("-n", type=int, default=6, help="stories / captions / prompts per claim (default 6)")
+    cl.add_argument("--n-steps", type=int, default=8,
+                    help="held-out captions for claim 12's sweep over 1, 2, 5, 10, 25, 50 steps (default 8)")
     cl.add_argument("--only", type=int, nargs="+", metavar="ID", help="claim numbers to run (default all 12)")
+    cl.add_argument("--threads", type=THREADS, default=1,
+                    help="torch threads (default 1: seedx-tiny's small matrix products gain little from a second "
+                         "thread, and on a busy CPU several threads spend their time waiting for each other)")
     cl.add_argument("--no-progress", action="store_true")
     cl.set_defaults(func=_cmd_claims)
     ex = sub.add_parser("exercises", help="write exercise copies of the notebooks (solutions replaced by stubs)")

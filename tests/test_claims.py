@@ -1,7 +1,8 @@
 """Each claim check of ``seedx_lab.lab.claims`` must be able to fail: every test runs the claim on
 seedx-tiny and on a counterfactual it builds (another processor, sampling on, another pooling, a
 suppressed ``<img>`` logit, ...) and asserts that the verdict follows the measurement and flips.
-Sizes are tiny (n = 2-3) to keep the suite fast; the verdict rules do not depend on n."""
+Sizes are small (n = 1-8) to keep the suite fast; claim 7's counterfactual is decided by an interval of the
+difference of two rates, so it needs the most."""
 from __future__ import annotations
 
 import math
@@ -55,6 +56,17 @@ def test_wilson_matches_closed_forms():
     assert math.isclose((lo + hi) / 2, centre, rel_tol=1e-12) and lo < 0.3 < hi
     with pytest.raises(ValueError, match="k=3, n=2"):
         C.Rate(3, 2)
+
+
+def test_newcombe_matches_the_published_examples():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, method 10: 56/70 - 48/80 and 9/10 - 3/10
+    lo, hi = C.newcombe(56, 70, 48, 80)
+    assert math.isclose(lo, 0.0524, abs_tol=5e-5) and math.isclose(hi, 0.3339, abs_tol=5e-5)
+    lo, hi = C.newcombe(9, 10, 3, 10)
+    assert math.isclose(lo, 0.1705, abs_tol=5e-5) and math.isclose(hi, 0.8090, abs_tol=5e-5)
+    assert C.newcombe(2, 4, 2, 4)[0] < 0 < C.newcombe(2, 4, 2, 4)[1]
+    with pytest.raises(ValueError, match="n1=0"):
+        C.newcombe(0, 0, 1, 2)
 
 
 def test_ledger_counts_and_last_line():
@@ -233,13 +245,35 @@ def test_claim10_flips_when_tiles_keep_the_ratio():
 
 # --------------------------------------------------------------------------- claims 7, 11, 12
 
+def claim7_rule(m):
+    """Claim 7's verdict written out again from its numbers."""
+    d, f = m["judge_reading_differs"], m["judge_floor"]
+    if not m["block_deterministic"] or C.newcombe(d.k, d.n, f.k, f.n)[0] > 0:
+        return C.FAILS
+    return C.CAVEAT if m["mean_pixel_diff"] > 0 else C.HOLDS
+
+
 def test_claim7_identical_seeds_show_no_variety(model):
     r = C.claim7(model, n=2, seeds=(0, 1), num_inference_steps=2, sample_runs=1)
     assert r.measured["block_deterministic"] and r.measured["mean_pixel_diff"] > 0
-    assert r.verdict in (C.CAVEAT, C.FAILS)
+    assert r.verdict == claim7_rule(r.measured) and r.measured["difference_ci"] == C.newcombe(
+        r.measured["judge_reading_differs"].k, 2, r.measured["judge_floor"].k, 2)
     same = C.claim7(model, n=2, seeds=(3, 3), num_inference_steps=2, sample_runs=1)
     assert same.measured["mean_pixel_diff"] == 0 and same.measured["judge_reading_differs"].k == 0
-    assert same.verdict == C.HOLDS
+    assert same.measured["judge_floor"].k == 0 and same.verdict == C.HOLDS
+
+
+def test_claim7_fails_when_the_seed_decides_what_is_drawn(model, monkeypatch):
+    # a de-tokenizer whose noise seed picks the picture: seed s draws the features of the caption s places on
+    real = model.draw
+
+    def draw(features, num_inference_steps=None, seed=0, **kw):
+        return real(features.roll(int(seed), dims=0), num_inference_steps=num_inference_steps, seed=0, **kw)
+    monkeypatch.setattr(model, "draw", draw)
+    r = C.claim7(model, n=8, seeds=(0, 1), num_inference_steps=5, sample_runs=1)
+    m = r.measured
+    assert m["block_deterministic"] and m["judge_reading_differs"].k > m["judge_floor"].k
+    assert m["difference_ci"][0] > 0 and r.verdict == C.FAILS == claim7_rule(m)
 
 
 def test_claim7_fails_when_the_block_is_not_a_function_of_the_prompt(model):
@@ -267,3 +301,21 @@ def test_claim12_fails_when_the_features_are_blank(model):
         r2 = C.claim12(model, n=3, steps=(1, 3))
     assert r2.measured["table"][3]["all"].k == 0 and r2.verdict == C.FAILS
     assert r.verdict != r2.verdict
+
+
+def test_cli_claims_runs_on_its_threads_and_gives_them_back(capsys, monkeypatch):
+    from seedx_lab.cli import main
+
+    before = torch.get_num_threads()
+    seen = []
+    real = C.claim10
+    monkeypatch.setattr(C, "claim10", lambda: (seen.append(torch.get_num_threads()), real(n=20))[1])
+    torch.set_num_threads(2)
+    try:
+        assert main(["claims", "--only", "10", "--threads", "1", "--no-progress"]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("claims=1 measured=1 ")
+    with pytest.raises(SystemExit):
+        main(["claims", "--threads", "0"])

@@ -40,6 +40,19 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of ``k1/n1 - k2/n2`` from the two Wilson intervals (Newcombe's hybrid score method).
+
+    Made for independent rates; for two rates measured on the same items and positively correlated it is
+    wider than it needs to be, so a difference it finds is there."""
+    if n1 < 1 or n2 < 1:
+        raise ValueError(f"newcombe needs n1, n2 >= 1, got n1={n1}, n2={n2}")
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson(k1, n1, z), wilson(k2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
 @dataclass(frozen=True)
 class Rate:
     """``k`` of ``n``, with its 95 % Wilson interval ``(lo, hi)``."""
@@ -124,6 +137,8 @@ class Ledger:
             for label, text in (("seed says", r.seed_says), ("published", r.published_code),
                                 ("measured", r.evidence), ("verdict", r.verdict)):
                 lines.append(textwrap.fill(text, 108, initial_indent=f"    {label:<10} ", subsequent_indent=" " * 15))
+            if isinstance(r.measured.get("table"), dict):
+                lines += ["    " + line for line in step_table(r.measured["table"]).splitlines()]
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -484,9 +499,15 @@ def claim9(model, n: int = 4, seeds: int = 4, do_sample: bool = False, max_new_t
 def claim7(model, n: int = 4, seeds: tuple[int, int] = (0, 1), num_inference_steps: int = 10,
            sample_runs: int = 3, split: str = "test") -> ClaimResult:
     """Where variety comes from. LLM: the 64 hidden states of ``caption<img>`` under greedy decoding and under
-    sampling (T=1, faithful processor, ``sample_runs`` generators). De-tokenizer: the same features drawn with
-    the two ``seeds``; variety that counts is a change in what the pixel judge reads (shape, colour,
-    position of every object), the pixel distance is reported beside it (in 1/255 units)."""
+    sampling (T=1, faithful processor, ``sample_runs`` generators). De-tokenizer: the same features of ``n``
+    captions drawn with the two ``seeds``; variety that counts is a change in what the pixel judge reads
+    (shape, colour, position of every object), the pixel distance is reported beside it (in 1/255 units).
+
+    The judge is a threshold reader, so any pixel change can flip a reading near a boundary. Its noise floor is
+    measured on the same pictures: the first seed's picture plus the very pixel difference the second seed
+    made, its pixels shuffled (same amount of change, no structure). The seeds count as changing what is
+    drawn only when their rate of changed readings exceeds that floor's, by a 95 % interval of the difference
+    (:func:`newcombe`) that excludes zero."""
     from ..shapeworld import judge as J
     from ..shapeworld import world as W
     from ..tokens import generation_prompt
@@ -508,11 +529,23 @@ def claim7(model, n: int = 4, seeds: tuple[int, int] = (0, 1), num_inference_ste
     def reading(im):
         return sorted((d.shape, d.colour, d.position) for d in J.judge_image(im))
 
-    differ = sum(reading(x) != reading(y) for x, y in zip(a, b))
-    pixel = float(np.mean([np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).mean() for x, y in zip(a, b)]))
+    rng = np.random.default_rng(0)
+    differ = floor = 0
+    pixels = []
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, np.int16), np.asarray(y, np.int16)                # [H, W, 3]
+        delta = (y - x).reshape(-1, 3)
+        shuffled = np.clip(x + delta[rng.permutation(len(delta))].reshape(x.shape), 0, 255).astype(np.uint8)
+        seen = reading(x.astype(np.uint8))
+        differ += seen != reading(y.astype(np.uint8))
+        floor += seen != reading(shuffled)
+        pixels.append(float(np.abs(delta).mean()))
+    pixel = float(np.mean(pixels))
+    gap = newcombe(differ, n, floor, n)
     m = dict(block_max_rel_diff=rel, block_deterministic=block_fixed, judge_reading_differs=Rate(differ, n),
-             mean_pixel_diff=pixel, seeds=tuple(seeds), steps=num_inference_steps)
-    if not block_fixed or differ:
+             judge_floor=Rate(floor, n), difference_ci=gap, mean_pixel_diff=pixel, seeds=tuple(seeds),
+             steps=num_inference_steps)
+    if not block_fixed or gap[0] > 0:
         verdict = FAILS
     elif pixel > 0:
         verdict = CAVEAT
@@ -524,10 +557,18 @@ def claim7(model, n: int = 4, seeds: tuple[int, int] = (0, 1), num_inference_ste
         "de-tokenizer noise and sampled text", m, verdict,
         f"block under {sample_runs} sampled runs: max relative change {rel:.1e}; seeds {seeds[0]} vs {seeds[1]} "
         f"({num_inference_steps} steps) on {n} captions: judge reads differently in {m['judge_reading_differs']}, "
+        f"with that pixel change shuffled in {m['judge_floor']} (difference 95% CI {gap[0]:+.2f} to {gap[1]:+.2f}); "
         f"mean pixel difference {pixel:.2f}/255")
 
 
 JUDGE_KEYS = ("shape", "colour", "position", "all")
+
+
+def step_table(table: dict) -> str:
+    """Claim 12's ``{steps: {metric: Rate}}`` as text: one row per step count, ``k/n [lo, hi]`` per judge metric."""
+    head = f"{'steps':>5} " + " ".join(f"{k:>20}" for k in JUDGE_KEYS)
+    return "\n".join([head] + [f"{steps:>5} " + " ".join(f"{str(row[k]):>20}" for k in JUDGE_KEYS)
+                               for steps, row in table.items()])
 
 
 @torch.no_grad()
@@ -686,7 +727,7 @@ _TITLES = {1: "the input resampler compresses 256 ViT tokens to 64",
            12: "the de-tokenizer turns ViT-like features into an image with SDXL in 50 steps"}
 
 
-def ledger(model, n: int = 6, n_steps: int = 4, steps=(1, 2, 5, 10, 25, 50), only=None, model_name: str = "",
+def ledger(model, n: int = 6, n_steps: int = 8, steps=(1, 2, 5, 10, 25, 50), only=None, model_name: str = "",
            progress: bool = False) -> Ledger:
     """Run every claim (or the ids in ``only``) on ``model``. ``n``: stories / captions / prompts per claim
     (claim 10 always uses 500 sizes); ``n_steps``: captions for claim 12's step sweep over ``steps``.
