@@ -45,12 +45,12 @@ def _train_steps(stage: str, threads: int, steps: int, q) -> None:
         seen = []
         real = tr._loop
 
-        def timed_loop(name, params, total, lr, step_fn):       # the trainer's own loop, timed after 2 warm-ups
+        def timed_loop(name, modules, params, total, lr, step_fn):   # the trainer's own loop, timed after 2 warm-ups
             def step(i):
                 if i == 2:
                     seen.append(time.perf_counter())
                 return step_fn(i)
-            real(name, params, steps + 2, lr, step)
+            real(name, modules, params, steps + 2, lr, step)
             seen.append(time.perf_counter())
 
         tr._loop = timed_loop
