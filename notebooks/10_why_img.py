@@ -59,7 +59,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)   # a transformers dep
 warnings.filterwarnings("ignore", category=UserWarning, module=r"seedx_lab\.")
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 72
-model = seedx_lab.load("seedx-tiny")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the same notebook runs on a GPU
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 tok, tid = model.tokenizer, model.token_ids
 L = model.config.llm.num_hidden_layers
 print(f"LLM: {L} layers, {model.config.llm.num_attention_heads} heads; trigger phrases: {W.TRIGGER_PHRASES}")

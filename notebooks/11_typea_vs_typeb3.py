@@ -58,8 +58,9 @@ torch.manual_seed(0)
 torch.set_num_threads(1)                 # timings below in one thread, as the benchmarks
 plt.rcParams["figure.dpi"] = 72
 plt.rcParams["image.interpolation"] = "nearest"
-b3 = seedx_lab.load("seedx-tiny")
-a = seedx_lab.load("chameleon-tiny")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the same notebook runs on a GPU
+b3 = seedx_lab.load("seedx-tiny", device=DEVICE)
+a = seedx_lab.load("chameleon-tiny", device=DEVICE)
 ARMS = {"B3 seedx-tiny": b3, "A chameleon-tiny": a}
 N_STORY, N_IMG, N_ASPECT, N_VAR = 8, 8, 12, 4          # stories, captions, pictures to describe, seeds
 for name, m in ARMS.items():
@@ -269,7 +270,7 @@ print(f"A6 'any-res input helps understanding' -> {A6}")
 # %%
 grid8 = DATA_DIR / "chameleon-tiny-8x8"
 if grid8.is_dir():
-    a8 = seedx_lab.load(grid8)
+    a8 = seedx_lab.load(grid8, device=DEVICE)
     c4, c8 = (round(E.tokenizer_ceiling(m, n=N_IMG) * N_IMG) for m in (a, a8))
     i4, i8 = (round(E.image_accuracy(m, seeds) * N_IMG) for m in (a, a8))
     print(f"A 16 codes: ceiling {Rate(c4, N_IMG)}, image_acc {Rate(i4, N_IMG)}; "

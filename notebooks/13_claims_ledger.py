@@ -70,7 +70,8 @@ warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 plt.rcParams["figure.dpi"] = 72
 torch.set_num_threads(1)   # as `seedx-lab claims` does: seedx-tiny's matrices are too small to share out
-model = seedx_lab.load("seedx-tiny")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the same notebook runs on a GPU
+model = seedx_lab.load("seedx-tiny", device=DEVICE)
 N, N_STEPS = 6, 8          # stories / captions / prompts per claim; captions for claim 12 (the CLI's defaults)
 print(f"seedx-tiny, n={N} per claim, {N_STEPS} captions for the step sweep")
 
