@@ -278,7 +278,7 @@ if grid8.is_dir():
     A7 = "holds" if Rate(c8, N_IMG).lo > Rate(c4, N_IMG).hi else "no difference at this n"
 else:
     A7 = "not measured"
-    print(f"no {grid8.name} checkpoint in {DATA_DIR}")
+    print(f"no {grid8.name} checkpoint in data/")
 print(f"A7 'a fixed token count limits what an image holds' -> {A7}")
 
 # %% [markdown]
