@@ -64,13 +64,14 @@ class Shard:
             return local_mean.new_zeros(())
         return local_mean * (count * self.world / total)
 
-    def average(self, value: float | torch.Tensor, device=None) -> float:
+    def average(self, value: float | torch.Tensor) -> float:
         """The mean over processes of a per-process number (a logged loss: the mean of the shares is the global
-        loss); in one process the number itself."""
+        loss); in one process the number itself. The reduction runs on the accelerator's device (NCCL reduces
+        GPU tensors only)."""
         v = float(value)
         if self.world == 1:
             return v
-        return float(self.accelerator.reduce(torch.tensor(v, device=device), "mean"))
+        return float(self.accelerator.reduce(torch.tensor(v, device=self.accelerator.device), "mean"))
 
 
 class StageModule(nn.Module):
