@@ -263,7 +263,7 @@ class Trainer:
         if self.remote is not None:
             return _RemoteBar(self.remote, stage, start, total)
         return tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total,
-                    disable=not self.progress or not self.shard.main, dynamic_ncols=True, mininterval=1.0)
+                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
 
     def _loop(self, stage, modules, params, total, lr, step_fn):
         """Generic optimisation loop with cosine LR, logging, periodic atomic checkpoints, through
