@@ -353,7 +353,8 @@ class Trainer:
                 # the posterior's noise is drawn for the whole global batch, as one process draws it
                 noise = detok_losses.posterior_noise(m.detok, imgs.shape, g)[rows]
                 return detok_losses.vae_loss(m.detok, imgs[rows], noise=noise, foreground_weight=cfg.vae_foreground_weight,
-                                             l1_weight=cfg.vae_l1_weight, share=self.shard.mean), None, None
+                                             l1_weight=cfg.vae_l1_weight,
+                                             share=self.shard.mean if self.shard.world > 1 else None), None, None
 
             self._loop("vae", [vae], list(vae.parameters()), cfg.vae_steps, cfg.lr, step)
             calib = torch.stack([image_to_unit(W.caption_image_sample(10_000_000 + k).image) for k in range(256)])
