@@ -140,7 +140,7 @@ def _cmd_train_typea(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .shapeworld.evaluate import evaluate, is_typea, tokenizer_ceiling
+    from .shapeworld.evaluate import detokenizer_ceiling, evaluate, is_typea, tokenizer_ceiling
     from .loading import load
 
     model = load(args.model, **_device_kwargs(args))
@@ -152,6 +152,11 @@ def _cmd_eval(args) -> int:
         ceiling = tokenizer_ceiling(model, n=args.n, split=args.split, progress=not args.no_progress)
         print(f"tokenizer ceiling: VQ round trip judged right on {ceiling:.3f} of {r.n} {args.split} caption images "
               f"({model.num_codes} codes per image)")
+    else:       # the Type-B3 counterpart: the de-tokenizer drawing from the true picture's features
+        ceiling = detokenizer_ceiling(model, n=args.n, split=args.split, num_inference_steps=args.steps,
+                                      progress=not args.no_progress)
+        print(f"de-tokenizer ceiling: drawing from true features judged right on {ceiling:.3f} of {r.n} "
+              f"{args.split} caption images ({model.lvlm.num_img_tokens} tokens per image)")
     print(r.line())
     return 0
 

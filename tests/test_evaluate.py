@@ -49,3 +49,19 @@ def test_reduced_eval_bounds_hold_for_shipped_and_fail_for_untrained(shipped, mo
 def test_evaluate_rejects_bad_n(shipped):
     with pytest.raises(ValueError, match="n must be at least 1"):
         evaluate(shipped, n=0)
+
+
+def test_eval_command_prints_the_detokenizer_ceiling_of_a_seedx_model(shipped, monkeypatch, capsys):
+    import re
+
+    from seedx_lab import cli, loading
+    from seedx_lab.shapeworld.evaluate import detokenizer_ceiling
+
+    monkeypatch.setattr(loading, "load", lambda *a, **k: shipped)
+    assert cli.main(["eval", "-n", "2", "--steps", "2", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"de-tokenizer ceiling: drawing from true features judged right on ([0-9.]+) of 2 test "
+                     r"caption images \(64 tokens per image\)", lines[-2])
+    assert m, lines
+    assert float(m.group(1)) == pytest.approx(detokenizer_ceiling(shipped, n=2, num_inference_steps=2), abs=1e-3)
+    assert lines[-1].startswith("caption_acc=")
