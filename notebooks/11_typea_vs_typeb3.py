@@ -51,6 +51,7 @@ from seedx_lab.lab import compare as C
 from seedx_lab.lab.claims import Rate
 from seedx_lab.loading import DATA_DIR
 from seedx_lab.shapeworld import evaluate as E
+from seedx_lab.typea.vq import round_trip
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -264,18 +265,40 @@ print(f"A6 'any-res input helps understanding' -> {A6}")
 # ## A7 · Tokens per image as a variable
 #
 # The seed's limitation: a fixed 64 tokens limit what an image can hold. The measurement needs the same
-# arm at two token counts: chameleon-tiny at 4 x 4 codes and at 8 x 8 (`seedx-lab train-typea --grid 8`,
-# shipped as `data/chameleon-tiny-8x8` when trained). Without that checkpoint the row is not measured.
+# arm at two token counts: chameleon-tiny at 4 x 4 codes (`data/chameleon-tiny`) and at 8 x 8
+# (`data/chameleon-tiny-8x8`, `seedx-lab train-typea --grid 8`: the same recipe, budget and seeds, 64 codes
+# from a 512-entry codebook). Two things can change with the count: what the codes can hold (the
+# tokenizer's ceiling, no LLM involved) and what the LLM manages to write with them (image_acc: 64 choices
+# per picture instead of 16). Both are judged on the same `N_A7` held-out captions; the round trip is cheap,
+# so this row uses more captions than the others. Without the 8 x 8 checkpoint the row is not measured.
 
 # %%
 grid8 = DATA_DIR / "chameleon-tiny-8x8"
+N_A7 = 24
+seeds7 = list(range(N_A7))
 if grid8.is_dir():
     a8 = seedx_lab.load(grid8, device=DEVICE)
-    c4, c8 = (round(E.tokenizer_ceiling(m, n=N_IMG) * N_IMG) for m in (a, a8))
-    i4, i8 = (round(E.image_accuracy(m, seeds) * N_IMG) for m in (a, a8))
-    print(f"A 16 codes: ceiling {Rate(c4, N_IMG)}, image_acc {Rate(i4, N_IMG)}; "
-          f"64 codes: ceiling {Rate(c8, N_IMG)}, image_acc {Rate(i8, N_IMG)}")
-    A7 = "holds" if Rate(c8, N_IMG).lo > Rate(c4, N_IMG).hi else "no difference at this n"
+    a7 = {}
+    for label, m in ((f"{a.num_codes} codes", a), (f"{a8.num_codes} codes", a8)):
+        a7[label] = dict(ceiling=Rate(round(E.tokenizer_ceiling(m, n=N_A7) * N_A7), N_A7),
+                         image_acc=Rate(round(E.image_accuracy(m, seeds7) * N_A7), N_A7))
+        print(f"A {label:9}: tokenizer ceiling {a7[label]['ceiling']}, image_acc {a7[label]['image_acc']}")
+    lo, hi = a7.values()
+    A7 = ("holds" if hi["ceiling"].lo > lo["ceiling"].hi else
+          "fails (the larger grid holds less)" if lo["ceiling"].lo > hi["ceiling"].hi else "no difference at this n")
+    # the round trips of the first captions at both sizes, beside the original
+    fig, axes = plt.subplots(3, 6, figsize=(9, 4.8))
+    for k in range(6):
+        sm = W.caption_image_sample(k, "test")
+        axes[0, k].imshow(sm.image)
+        axes[0, k].set_title(sm.caption.replace(" at the ", "\n"), fontsize=6)
+        for r, m in ((1, a), (2, a8)):
+            axes[r, k].imshow(round_trip(m.vq, sm.image))
+            axes[r, k].set_title(f"{m.num_codes} codes", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    plt.tight_layout()
+    plt.show()
 else:
     A7 = "not measured"
     print(f"no {grid8.name} checkpoint in data/")
@@ -324,7 +347,8 @@ table = [
     ("A4", "image_acc; decoder ceiling", f"{qb['image_acc']}; {qb['ceiling']}", f"{qa['image_acc']}; {qa['ceiling']}", A4),
     ("A5", "faster caption -> image", "yes" if A5 == "holds" else "no", "no" if A5 == "holds" else "yes", A5),
     ("A6", "describing wide + tall pictures", str(odd["B3 seedx-tiny"]), str(odd["A chameleon-tiny"]), A6),
-    ("A7", "ceiling at 16 vs 64 codes", "-", "see A7", A7),
+    ("A7", "tokenizer ceiling at 16 / 64 codes", "-",
+     " / ".join(str(v["ceiling"]) for v in a7.values()) if grid8.is_dir() else "-", A7),
     ("A8", "slower decoder", "yes" if A8 == "holds" else "no", "no" if A8 == "holds" else "yes", A8),
     ("A9", f"distinct pictures of {N_VAR} seeds", str(var["B3 seedx-tiny"]["distinct"]),
      str(var["A chameleon-tiny"]["distinct"]), A9),

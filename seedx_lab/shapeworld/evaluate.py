@@ -157,7 +157,7 @@ def tokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0, p
     """The Type-A image tokenizer's ceiling: the fraction of ``n`` caption images (seeds ``seed…``) whose
     round trip image -> codes -> image the pixel judge still finds right (the caption's object with its
     shape, colour and position). No LLM is involved: generated images cannot score higher than this."""
-    from ..typea.vq import images_to_unit, unit_to_pil
+    from ..typea.vq import round_trip
 
     if not is_typea(model):
         raise ValueError(f"tokenizer_ceiling needs a Type-A model (ChameleonTiny), got {type(model).__name__}")
@@ -166,8 +166,7 @@ def tokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0, p
     hits = 0
     for s in tqdm(range(seed, seed + n), desc="VQ round trip", disable=not progress):
         sm = W.caption_image_sample(s, split)
-        recon = unit_to_pil(model.vq.decode(model.vq.encode(images_to_unit(sm.image).to(model.device))))[0]
-        hits += J.score_image(recon, sm.caption)["all"]
+        hits += J.score_image(round_trip(model.vq, sm.image), sm.caption)["all"]
     return hits / n
 
 

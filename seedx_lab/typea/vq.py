@@ -209,3 +209,10 @@ def unit_to_pil(images: torch.Tensor):
 
     arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
+
+
+@torch.no_grad()
+def round_trip(vq: "VQTokenizer", image):
+    """One picture through the tokenizer alone: image -> codes ``[1, grid, grid]`` -> decoded PIL image
+    (64x64). What a Type-A model could draw at best for that picture; no LLM involved."""
+    return unit_to_pil(vq.decode(vq.encode(images_to_unit(image).to(vq.device, vq.dtype))))[0]
