@@ -334,6 +334,21 @@ def test_boi_explorer_on_typea_reads_the_llm_and_draws_with_the_vq_decoder(chame
     assert v.prompt == STORY and "special-token text" in v.error
 
 
+def test_boi_trace_on_typea_lens_rows_and_generate(chameleon):
+    m = chameleon
+    b = probes.boi_trace(m, STORY, generate=True, max_new_tokens=20)
+    ids = m.encode_ids(STORY)
+    assert b.ids == ids + m.generate_ids(torch.tensor([ids]), 20)[0].tolist() and b.prompt_length == len(ids)
+    np.testing.assert_allclose(b.p_final, p_boi_from_logits(m, b.ids), rtol=1e-4, atol=1e-7)
+    with torch.no_grad():                                   # lens row 0: the embeddings through norm and head
+        emb = m.llm.model.embed_tokens(torch.tensor([b.ids]))
+        p0 = m.llm.lm_head(m.llm.model.norm(emb)).softmax(-1)[0, :, m.token_ids.boi].numpy()
+    np.testing.assert_allclose(b.p_lens[0], p0, rtol=1e-4, atol=1e-7)
+    assert b.layer_names == ["embed"] + [f"layer {i}" for i in range(m.config.llm.num_hidden_layers)]
+    with pytest.raises(ValueError, match="processor_mode is SeedX's"):
+        probes.boi_trace(m, STORY, processor_mode="strict")
+
+
 # --------------------------------------------------------------------------- diffusion
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])

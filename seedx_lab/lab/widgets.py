@@ -9,6 +9,8 @@
                                        at every step (state, forced id, overridden score, P(``<img>``))
 ``boi_explorer(model, prompt)``        P(``<img>``) per position and through the logit lens; generation
                                        under the faithful (``0.0``) or strict (``-inf``) blocking
+                                       (these two also take a Type-A ``ChameleonTiny``: code tokens,
+                                       greedy or sampled codes, pictures from the VQ decoder)
 ``diffusion_scrubber(model, caption)`` the de-tokenizer's latents decoded at every diffusion step, and the
                                        clean image each step predicts
 ``patching_explorer(model, a, b)``     activation patching between two prompts: the layer x position
@@ -886,10 +888,23 @@ def _last_run(t, name: str) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the two arms
 
-class _SeedXArm:
-    """What the token timeline and the BOI explorer ask of a :class:`~seedx_lab.model.SeedX` (Type B3): a
-    forced block of 64 fixed query tokens, the ``"faithful"`` / ``"strict"`` processor, the de-tokenizer.
-    ``model`` may be None for a view read from a finished trace (only the words are needed then)."""
+class _Arm:
+    """What the token timeline and the BOI explorer ask of a model, one subclass per design.
+
+    Words: ``name``, ``kinds`` (token kinds the timeline's summary counts), ``legend``, ``modes`` /
+    ``mode_label`` / ``mode_tooltips`` (the BOI explorer's decoding toggle), ``picture`` (a picture's title).
+    Methods: ``check_prompt``, ``timeline_prompt`` and ``timeline_run`` (ids, prompt length and one decision
+    dict per new token), ``classify``, ``processor_share`` and ``explain`` (the timeline's words for the
+    processor), ``check_explorer``, ``generate`` and ``n_new`` (the explorer's Generate button)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class _SeedXArm(_Arm):
+    """A :class:`~seedx_lab.model.SeedX` (Type B3): a forced block of 64 fixed query tokens, the
+    ``"faithful"`` / ``"strict"`` processor, the de-tokenizer. ``model`` may be None for a view read from a
+    finished trace (only the words are needed then)."""
 
     name = "SEED-X (Type B3)"
     kinds = ("text", "boi", "image", "eoi")               # what the timeline's summary counts
@@ -898,9 +913,6 @@ class _SeedXArm:
     mode_label = "blocking"
     mode_tooltips = ("published: blocked tokens set to 0.0", "fixed: blocked tokens set to -inf")
     picture = "image {k}"
-
-    def __init__(self, model):
-        self.model = model
 
     def check_prompt(self, prompt) -> str:
         return self.model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
@@ -955,8 +967,8 @@ class _SeedXArm:
         return len(result.output.new_tokens[0])
 
 
-class _TypeAArm(_SeedXArm):
-    """The same for a :class:`~seedx_lab.typea.model.ChameleonTiny` (Type A): ``<img>``, N code tokens the
+class _TypeAArm(_Arm):
+    """A :class:`~seedx_lab.typea.model.ChameleonTiny` (Type A): ``<img>``, N code tokens the
     model *chooses* (the processor only restricts them to the codebook) and a forced ``</img>``; decoding
     greedy or sampled; pictures drawn from the codes by the VQ decoder."""
 
@@ -994,7 +1006,7 @@ class _TypeAArm(_SeedXArm):
         V.number("temperature", kwargs.get("temperature", 1.0), low=0.0, low_open=True)
         V.positive_int("top_k", kwargs.get("top_k"), allow_none=True)
         V.seed("seed", kwargs.get("seed"))
-        with _recording(self.model) as made:
+        with _Recording(self.model) as made:
             new = self.model.generate_ids(ids, max_new_tokens, **kwargs)
         decisions = [d for rec in made for d in rec.decisions]
         T_ = ids.shape[1]
@@ -1037,7 +1049,7 @@ class _TypeAArm(_SeedXArm):
         return len(result.new_ids)
 
 
-def _arm(model, where: str) -> _SeedXArm:
+def _arm(model, where: str) -> _Arm:
     """The adapter for ``model``: a :class:`~seedx_lab.model.SeedX` or a Type-A ``ChameleonTiny``."""
     from ..model import SeedX
     from ..typea.model import ChameleonTiny
@@ -1077,8 +1089,8 @@ class _CodebookRecorder:
         return out
 
 
-class _recording:
-    """``with _recording(model) as made:`` — while inside, ``model.processor(...)`` (what ``generate_ids``
+class _Recording:
+    """``with _Recording(model) as made:`` — while inside, ``model.processor(...)`` (what ``generate_ids``
     builds its processor with) returns a :class:`_CodebookRecorder`, each appended to ``made``."""
 
     def __init__(self, model):
@@ -1127,7 +1139,9 @@ def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 
         seq, T_, decisions = arm.timeline_run(ids, max_new_tokens, processor_mode, generate_kwargs)
         classes = arm.classify(seq)
     else:
-        if model is not None and isinstance(_arm(model, "token_timeline"), _TypeAArm):
+        from ..typea.model import ChameleonTiny
+
+        if isinstance(model, ChameleonTiny):
             raise ValueError("a trace is taken on a SeedX; for a Type-A model give a prompt or caption=")
         arm = _SeedXArm(model)
         for name in ("processor.decisions", "llm.token_ids"):
