@@ -195,6 +195,160 @@ def test_boi_explorer_matches_boi_trace_and_generates(model):
     assert v.prompt == "a blue square" and v.error
 
 
+# --------------------------------------------------------------------------- both widgets on the Type-A arm
+
+@pytest.fixture(scope="module")
+def chameleon():
+    return seedx_lab.load("chameleon-tiny")
+
+
+STORY = W.story_sample(0, "test").segments[0]               # a held-out story opening, ends in its trigger
+
+
+def typea_classes(m, ids):
+    """Independent of the widgets: kinds from the tokenizer's own strings; a code is any id the model maps
+    to a codebook entry (``id_to_code >= 0``), which is its code range ``<img_00000>..<img_{K-1}>``."""
+    tok = m.tokenizer
+    codes = {tok.convert_tokens_to_ids(f"<img_{k:05d}>") for k in range(m.config.vq.codebook_size)}
+    assert codes == {i for i in range(m.config.llm.vocab_size) if int(m.id_to_code[i]) >= 0}
+    named = {tok.convert_tokens_to_ids("<img>"): "boi", tok.convert_tokens_to_ids("</img>"): "eoi"}
+    special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+    return [named.get(i) or ("code" if i in codes else "special" if i in special else "text") for i in ids]
+
+
+def p_boi_from_logits(m, ids):
+    """P(<img> next) at every position of ``ids``, from one plain forward pass of the model's LLM."""
+    with torch.no_grad():
+        logits = m.llm(input_ids=torch.tensor([ids]), use_cache=False).logits.float()
+    return logits.softmax(-1)[0, :, m.tokenizer.convert_tokens_to_ids("<img>")].numpy()
+
+
+def test_token_timeline_on_typea_caption_codes_then_forced_eoi(chameleon):
+    m = chameleon
+    n = m.num_codes
+    v = V.token_timeline(m, caption="a red circle")
+    T0 = len(m.encode_ids("a red circle<img>"))
+    check_bundle(v, f"TokenTimeline(prompt_tokens={T0}, new_tokens={n + 1}, text=0, boi=0, code={n}, eoi=1, "
+                    f"forced=1, step=0)")
+    assert v.ids == m.generate_image("a red circle").ids.tolist()       # the same greedy tokens as drawing
+    assert v.classes == typea_classes(m, v.ids)
+    assert v.new_classes == ["code"] * n + ["eoi"]
+    np.testing.assert_allclose(v.p_boi, p_boi_from_logits(m, v.ids)[T0 - 1: -1], rtol=1e-4, atol=1e-7)
+    assert [d["state"] for d in v.decisions] == ["inside"] * n + ["closing"]
+    assert [d["block_index"] for d in v.decisions] == list(range(n + 1))
+    assert [d["allowed"] for d in v.decisions] == [m.config.vq.codebook_size] * n + [1]
+    assert v.forced == [False] * n + [True]                          # codes are chosen, </img> is forced
+
+    png0 = v.png()
+    assert "code 1 of 16" in v.describe_step() and "the model picks which" in v.describe_step()
+    v.controls["step"].value = n
+    d = v.decision()
+    assert d["state"] == "closing" and d["forced_id"] == d["chosen_id"] == m.token_ids.eoi and d["kind"] == "eoi"
+    assert "forced </img>" in v.describe_step() and repr(v).endswith(f"step={n})") and v.png() != png0
+
+
+def test_token_timeline_on_typea_story_choices_follow_the_masks(chameleon):
+    """Greedy: each chosen token is the argmax of the test's own logits under the state's mask."""
+    m = chameleon
+    v = V.token_timeline(m, STORY, max_new_tokens=30)
+    assert v.classes == typea_classes(m, v.ids) and "boi" in v.new_classes
+    with torch.no_grad():
+        logits = m.llm(input_ids=torch.tensor([v.ids])).logits[0].float()
+    codes = m.code_ids.tolist()
+    outside_banned = codes + [m.token_ids.eoi, m.token_ids.bop, m.token_ids.eop]
+    for k, d in enumerate(v.decisions):
+        row = logits[v.prompt_length - 1 + k].clone()
+        if d["state"] == "outside":
+            row[outside_banned] = float("-inf")
+        elif d["state"] == "inside":
+            keep = torch.full_like(row, float("-inf"))
+            keep[codes] = row[codes]
+            row = keep
+        else:
+            assert v.ids[v.prompt_length + k] == m.token_ids.eoi
+            continue
+        assert int(row.argmax()) == v.ids[v.prompt_length + k], k
+    k_boi = v.new_classes.index("boi")
+    assert v.decisions[k_boi]["state"] == "outside" and v.decisions[k_boi + 1]["state"] == "inside"
+    np.testing.assert_allclose(v.p_boi, p_boi_from_logits(m, v.ids)[v.prompt_length - 1: -1], rtol=1e-4, atol=1e-7)
+
+
+def test_token_timeline_on_typea_sampling_and_refusals(chameleon):
+    m = chameleon
+    greedy = V.token_timeline(m, caption="a blue square")
+    sampled = V.token_timeline(m, caption="a blue square", sample=True, seed=3)
+    again = V.token_timeline(m, caption="a blue square", sample=True, seed=3)
+    assert sampled.ids == again.ids and sampled.ids != greedy.ids     # seeded, and not the argmax path
+    assert sampled.new_classes == ["code"] * m.num_codes + ["eoi"]
+    with pytest.raises(ValueError, match="processor_mode is SeedX's"):
+        V.token_timeline(m, "a red circle", processor_mode="strict")
+    with pytest.raises(ValueError, match=r"unknown decoding option\(s\) \['do_sample'\]"):
+        V.token_timeline(m, "a red circle", do_sample=True)
+    with pytest.raises(ValueError, match="temperature must be"):
+        V.token_timeline(m, "a red circle", sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="special-token text"):
+        V.token_timeline(m, "a <img_00003> circle")
+    with pytest.raises(TypeError, match="model must be a seedx_lab SeedX or a Type-A ChameleonTiny"):
+        V.token_timeline(torch.nn.Linear(2, 2), "a red circle")
+    with pytest.raises(TypeError, match="model must be a seedx_lab SeedX or a Type-A ChameleonTiny"):
+        V.boi_explorer("chameleon-tiny", "a red circle")
+    assert "processor" not in vars(m)                                 # the recording wrapper is gone again
+
+
+def test_boi_explorer_on_typea_reads_the_llm_and_draws_with_the_vq_decoder(chameleon):
+    m = chameleon
+    v = V.boi_explorer(m, STORY, max_new_tokens=30, max_images=1, seed=1)
+    ids = m.encode_ids(STORY)
+    np.testing.assert_allclose(v.p_boi, p_boi_from_logits(m, ids), rtol=1e-4, atol=1e-7)
+    L = m.config.llm.num_hidden_layers
+    assert v.p_lens.shape == (L + 1, len(ids))
+    np.testing.assert_allclose(v.p_lens[-1], v.p_boi, rtol=1e-4, atol=1e-7)   # the lens' last layer is the head
+    check_bundle(v, f"BoiExplorer(tokens={len(ids)}, layers={L}, mode=greedy, generated=none)")
+    assert v.controls["mode"].options == ("greedy", "sampled")
+
+    png0 = v.png()
+    v.controls["prompt"].value = "a blue square"
+    np.testing.assert_allclose(v.p_boi, p_boi_from_logits(m, m.encode_ids("a blue square")), rtol=1e-4, atol=1e-7)
+    assert v.png() != png0
+    v.controls["prompt"].value = STORY
+
+    v.controls["generate"].click()
+    expected = m.generate(STORY, max_new_tokens=30, max_images=1)
+    assert v.result.text == expected.text and len(v.result.images) == 1
+    start = v.result.new_ids.tolist().index(m.token_ids.boi) + 1
+    codes = m.ids_to_codes(v.result.new_ids[start: start + m.num_codes][None])
+    from seedx_lab.typea.vq import unit_to_pil
+    assert np.array_equal(np.asarray(v.result.images[0]), np.asarray(unit_to_pil(m.vq.decode(codes))[0]))
+    greedy_png, greedy_ids = v.png(), v.result.new_ids.tolist()
+    assert repr(v) == (f"BoiExplorer(tokens={len(ids)}, layers={L}, mode=greedy, "
+                       f"generated={len(greedy_ids)} tokens, 1 images (greedy))")
+
+    v.controls["mode"].value = "sampled"
+    v.generate()
+    assert v.result.new_ids.tolist() == m.generate(STORY, max_new_tokens=30, max_images=1, sample=True,
+                                                   seed=1).new_ids.tolist()
+    assert v.result.new_ids.tolist() != greedy_ids and v.png() != greedy_png
+    assert repr(v).endswith("(sampled))")
+
+    v.controls["prompt"].value = "a </img> square"             # refused as generate would: the last good one stays
+    assert v.prompt == STORY and "special-token text" in v.error
+
+
+def test_boi_trace_on_typea_lens_rows_and_generate(chameleon):
+    m = chameleon
+    b = probes.boi_trace(m, STORY, generate=True, max_new_tokens=20)
+    ids = m.encode_ids(STORY)
+    assert b.ids == ids + m.generate_ids(torch.tensor([ids]), 20)[0].tolist() and b.prompt_length == len(ids)
+    np.testing.assert_allclose(b.p_final, p_boi_from_logits(m, b.ids), rtol=1e-4, atol=1e-7)
+    with torch.no_grad():                                   # lens row 0: the embeddings through norm and head
+        emb = m.llm.model.embed_tokens(torch.tensor([b.ids]))
+        p0 = m.llm.lm_head(m.llm.model.norm(emb)).softmax(-1)[0, :, m.token_ids.boi].numpy()
+    np.testing.assert_allclose(b.p_lens[0], p0, rtol=1e-4, atol=1e-7)
+    assert b.layer_names == ["embed"] + [f"layer {i}" for i in range(m.config.llm.num_hidden_layers)]
+    with pytest.raises(ValueError, match="processor_mode is SeedX's"):
+        probes.boi_trace(m, STORY, processor_mode="strict")
+
+
 # --------------------------------------------------------------------------- diffusion
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])

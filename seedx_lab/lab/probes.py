@@ -115,8 +115,16 @@ def boi_trace(model, prompt_or_ids, generate: bool = False, max_new_tokens: int 
 
     The hidden states come from one :func:`seedx_lab.trace` of the forward pass(es), so with
     ``generate=True`` they are the KV-cache loop's own states.
+
+    A Type-A model (:class:`~seedx_lab.typea.model.ChameleonTiny`) is read the same way from its LLM (see
+    :func:`_boi_trace_typea`); ``generate_kwargs`` are then those of its ``generate_ids``.
     """
     ids = _as_ids(model, prompt_or_ids)
+    if _is_typea(model):
+        if processor_mode != "faithful":
+            raise ValueError("processor_mode is SeedX's; a Type-A model has one processor (bans are -inf): "
+                             "leave it out")
+        return _boi_trace_typea(model, ids, generate, max_new_tokens, **generate_kwargs)
     lvlm, tok = model.lvlm, model.tokenizer
     llm = lvlm.llm
     L = llm.config.num_hidden_layers
@@ -138,6 +146,44 @@ def boi_trace(model, prompt_or_ids, generate: bool = False, max_new_tokens: int 
     p_final = p_boi(t["llm.final"])                                         # [P]
     return BoiTrace(ids=seq, tokens=tok.convert_ids_to_tokens(seq), prompt_length=ids.shape[1],
                     p_final=p_final, p_lens=p_lens,
+                    layer_names=["embed"] + [f"layer {i}" for i in range(L)])
+
+
+def _is_typea(model) -> bool:
+    from ..typea.model import ChameleonTiny
+
+    return isinstance(model, ChameleonTiny)
+
+
+@torch.no_grad()
+def _boi_trace_typea(model, ids: torch.Tensor, generate: bool, max_new_tokens: int, **generate_kwargs) -> BoiTrace:
+    """:func:`boi_trace` of a ChameleonTiny: ``ids [1, T]`` (continued by ``model.generate_ids`` when
+    ``generate``) in one forward pass of ``model.llm``; forward hooks read the embeddings and each decoder
+    layer's output ``[1, P, D]``, the lens applies the final norm and ``lm_head`` to them.
+
+    With ``generate=True`` the states are those of one pass over prompt + new tokens, not the decoding
+    loop's own (they agree up to float rounding: the loop's KV cache holds the same keys)."""
+    llm, prompt_length = model.llm, ids.shape[1]
+    if generate:
+        ids = torch.cat([ids, model.generate_ids(ids, max_new_tokens, **generate_kwargs)], dim=1)
+    states: list[torch.Tensor] = []
+
+    def keep(_mod, _args, out):
+        states.append(out[0] if isinstance(out, tuple) else out)
+
+    hooks = [llm.model.embed_tokens.register_forward_hook(keep)]
+    hooks += [layer.register_forward_hook(keep) for layer in llm.model.layers]
+    try:
+        logits = llm(input_ids=ids, use_cache=False).logits                         # [1, P, V]
+    finally:
+        for h in hooks:
+            h.remove()
+    boi, norm, head = model.token_ids.boi, llm.model.norm, llm.get_output_embeddings()
+    p_lens = np.stack([head(norm(h)).float().softmax(-1)[0, :, boi].cpu().numpy() for h in states])   # [L+1, P]
+    seq = ids[0].tolist()
+    L = len(states) - 1
+    return BoiTrace(ids=seq, tokens=model.tokenizer.convert_ids_to_tokens(seq), prompt_length=prompt_length,
+                    p_final=logits.float().softmax(-1)[0, :, boi].cpu().numpy(), p_lens=p_lens,
                     layer_names=["embed"] + [f"layer {i}" for i in range(L)])
 
 

@@ -9,6 +9,8 @@
                                        at every step (state, forced id, overridden score, P(``<img>``))
 ``boi_explorer(model, prompt)``        P(``<img>``) per position and through the logit lens; generation
                                        under the faithful (``0.0``) or strict (``-inf``) blocking
+                                       (these two also take a Type-A ``ChameleonTiny``: code tokens,
+                                       greedy or sampled codes, pictures from the VQ decoder)
 ``diffusion_scrubber(model, caption)`` the de-tokenizer's latents decoded at every diffusion step, and the
                                        clean image each step predicts
 ``patching_explorer(model, a, b)``     activation patching between two prompts: the layer x position
@@ -694,13 +696,17 @@ TOKEN_CLASSES = {
     "image": "#9ecae1",       # <img_xxxxx>
     "eoi": "#08519c",         # </img>
     "patch": "#fdae6b",       # <patch>, </patch>
+    "code": "#bcbddc",        # a Type-A code token: <img_xxxxx> is code xxxxx of the VQ codebook
 }
+from .. import tokens as T
 from ..tokens import IMG_TOKEN_RE as _IMG_RE  # the one image-token pattern
 
 
-def classify_tokens(ids, tokenizer=None, token_ids=None) -> list[str]:
-    """Kind of each id: ``text``, ``special`` (bos/eos/pad), ``boi``, ``image``, ``eoi`` or ``patch``."""
+def classify_tokens(ids, tokenizer=None, token_ids=None, code_ids=None) -> list[str]:
+    """Kind of each id: ``text``, ``special`` (bos/eos/pad), ``boi``, ``image``, ``eoi``, ``patch``, or
+    ``code`` for the ids in ``code_ids`` (a Type-A model's codebook tokens, ``model.code_ids``)."""
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    codes = set() if code_ids is None else {int(i) for i in (code_ids.tolist() if hasattr(code_ids, "tolist") else code_ids)}
     special, img = set(), set()
     boi = eoi = None
     patch = set()
@@ -719,6 +725,8 @@ def classify_tokens(ids, tokenizer=None, token_ids=None) -> list[str]:
             out.append("boi")
         elif i == eoi:
             out.append("eoi")
+        elif i in codes:
+            out.append("code")
         elif i in img:
             out.append("image")
         elif i in patch:
@@ -733,7 +741,7 @@ def classify_tokens(ids, tokenizer=None, token_ids=None) -> list[str]:
 def _short(token: str, kind: str) -> str:
     m = _IMG_RE.fullmatch(token)
     if m:
-        return f"#{int(m.group(1))}"
+        return f"{'c' if kind == 'code' else '#'}{int(m.group(1))}"
     return token if len(token) <= 7 else token[:6] + "…"
 
 
@@ -742,23 +750,26 @@ class TokenTimeline(StageView):
 
     ``ids``/``tokens``/``classes``: the whole sequence (prompt then generated); ``prompt_length``;
     ``decisions``: one dict per generated token (``step, state, block_index, forced_id,
-    overridden_score, p_boi``); ``forced``: per generated token, did the processor force it.
+    overridden_score, p_boi``, and optionally ``forced``); ``forced``: per generated token, did the
+    processor force it (default: any state but ``outside``, SEED-X's forced block); ``arm``: the
+    design whose words the view uses (:class:`_SeedXArm` when None).
     """
 
     _kind = "TokenTimeline"
 
     def __init__(self, ids: list[int], prompt_length: int, decisions: list[dict], tokens: list[str],
-                 classes: list[str], id_to_token=None):
+                 classes: list[str], id_to_token=None, arm=None):
         super().__init__()
         import ipywidgets as W
 
+        self.arm = arm or _SeedXArm(None)
         self.ids, self.prompt_length, self.tokens, self.classes = ids, prompt_length, tokens, classes
         self.decisions = sorted(decisions, key=lambda d: d["step"])
         self.n_new = len(ids) - prompt_length
         if len(self.decisions) != self.n_new:
             raise ValueError(f"{len(self.decisions)} processor decisions for {self.n_new} generated tokens; "
                              "capture 'processor.decisions' and 'llm.token_ids' around one generate call")
-        self.forced = [d["state"] != "outside" for d in self.decisions]
+        self.forced = [bool(d.get("forced", d["state"] != "outside")) for d in self.decisions]
         self.p_boi = np.array([d["p_boi"] for d in self.decisions], dtype=np.float64)
         self._id_to_token = id_to_token or (lambda i: str(i))
         self.step = 0
@@ -779,24 +790,18 @@ class TokenTimeline(StageView):
         d = dict(self.decisions[step])
         pos = self.prompt_length + step
         d.update(position=pos, chosen_id=self.ids[pos], chosen=self.tokens[pos], kind=self.classes[pos],
-                 forced=d["state"] != "outside")
+                 forced=self.forced[step])
         d["forced_token"] = self._id_to_token(d["forced_id"]) if d["forced_id"] is not None else None
         return d
 
     def describe_step(self, step: int | None = None) -> str:
         d = self.decision(step)
         head = f"step {d['step']} (position {d['position']}): chose {d['chosen']} [{d['kind']}]"
-        if d["forced"]:
-            body = (f"state {d['state']}, block index {d['block_index']}: forced {d['forced_token']} by "
-                    f"raising its score {d['overridden_score']:.3f} to row max + 10")
-        else:
-            body = (f"state outside: blocked tokens set to 0.0 / -inf (their best raw score was "
-                    f"{d['overridden_score']:.3f})")
-        return f"{head}; {body}; P(<img>) before processing {d['p_boi']:.4f}"
+        return f"{head}; {self.arm.explain(d)}; P(<img>) before processing {d['p_boi']:.4f}"
 
     def _summary(self) -> str:
         c = self.counts()
-        kinds = ", ".join(f"{k}={c.get(k, 0)}" for k in ("text", "boi", "image", "eoi"))
+        kinds = ", ".join(f"{k}={c.get(k, 0)}" for k in self.arm.kinds)
         return (f"TokenTimeline(prompt_tokens={self.prompt_length}, new_tokens={self.n_new}, {kinds}, "
                 f"forced={sum(self.forced)}, step={self.step})")
 
@@ -828,10 +833,10 @@ class TokenTimeline(StageView):
         ax_tok.set_xlim(-0.1, per_row)
         ax_tok.set_ylim(rows, -0.1)
         ax_tok.set_axis_off()
-        ax_tok.legend(handles=[Patch(fc=c, ec="grey", label=k) for k, c in TOKEN_CLASSES.items()],
+        ax_tok.legend(handles=[Patch(fc=TOKEN_CLASSES[k], ec="grey", label=k) for k in self.arm.legend],
                       loc="upper left", bbox_to_anchor=(0, 0), ncol=6, fontsize=7, frameon=False)
-        ax_tok.set_title(f"{self.prompt_length} prompt tokens (faded), {self.n_new} generated "
-                         f"({sum(self.forced)} forced by the processor)", fontsize=9)
+        ax_tok.set_title(f"{self.arm.name}: {self.prompt_length} prompt tokens (faded), {self.n_new} generated "
+                         f"({self.arm.processor_share(self)})", fontsize=9)
 
         steps = np.arange(self.n_new)
         ax_p.plot(steps, self.p_boi, color="tab:green", lw=1)
@@ -881,60 +886,264 @@ def _last_run(t, name: str) -> torch.Tensor:
     return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
 
-@torch.no_grad()
-def _check_model(model, where: str) -> None:
-    """``model`` must be a :class:`~seedx_lab.model.SeedX` (what ``seedx_lab.load`` returns)."""
+# --------------------------------------------------------------------------- the two arms
+
+class _Arm:
+    """What the token timeline and the BOI explorer ask of a model, one subclass per design.
+
+    Words: ``name``, ``kinds`` (token kinds the timeline's summary counts), ``legend``, ``modes`` /
+    ``mode_label`` / ``mode_tooltips`` (the BOI explorer's decoding toggle), ``picture`` (a picture's title).
+    Methods: ``check_prompt``, ``timeline_prompt`` and ``timeline_run`` (ids, prompt length and one decision
+    dict per new token), ``classify``, ``processor_share`` and ``explain`` (the timeline's words for the
+    processor), ``check_explorer``, ``generate`` and ``n_new`` (the explorer's Generate button)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class _SeedXArm(_Arm):
+    """A :class:`~seedx_lab.model.SeedX` (Type B3): a forced block of 64 fixed query tokens, the
+    ``"faithful"`` / ``"strict"`` processor, the de-tokenizer. ``model`` may be None for a view read from a
+    finished trace (only the words are needed then)."""
+
+    name = "SEED-X (Type B3)"
+    kinds = ("text", "boi", "image", "eoi")               # what the timeline's summary counts
+    legend = ("text", "special", "boi", "image", "eoi", "patch")
+    modes = ("faithful", "strict")                         # the BOI explorer's toggle
+    mode_label = "blocking"
+    mode_tooltips = ("published: blocked tokens set to 0.0", "fixed: blocked tokens set to -inf")
+    picture = "image {k}"
+
+    def check_prompt(self, prompt) -> str:
+        return self.model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
+
+    def timeline_prompt(self, prompt, caption, max_new_tokens) -> tuple[str, int]:
+        if caption is not None:
+            return (T.generation_prompt(self.model._check_user_text(caption, "caption")),
+                    self.model.lvlm.num_img_tokens + 1)
+        return self.check_prompt(prompt), max_new_tokens
+
+    def timeline_run(self, ids, max_new_tokens, processor_mode, kwargs) -> tuple[list[int], int, list[dict]]:
+        """Greedy (or ``kwargs``) ``lvlm.generate`` under a trace of the processor's decisions."""
+        from ..model import _check_decoding
+        from .trace import trace as make_trace
+
+        processor_mode = "faithful" if processor_mode is None else processor_mode
+        _check_decoding(processor_mode, kwargs)
+        tok = self.model.tokenizer
+        with make_trace(self.model, capture=["processor.decisions"]) as t:
+            out = self.model.lvlm.generate(ids, max_new_tokens=max_new_tokens, processor_mode=processor_mode,
+                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs)
+        decisions = [d for d in t["processor.decisions"] if d["row"] == 0]
+        return out.sequences[0].tolist()[: out.prompt_length + len(decisions)], out.prompt_length, decisions
+
+    def classify(self, ids) -> list[str]:
+        return classify_tokens(ids, self.model.tokenizer, self.model.token_ids)
+
+    @staticmethod
+    def processor_share(view) -> str:
+        return f"{sum(view.forced)} forced by the processor"
+
+    @staticmethod
+    def explain(d: dict) -> str:
+        if d["forced"]:
+            return (f"state {d['state']}, block index {d['block_index']}: forced {d['forced_token']} by "
+                    f"raising its score {d['overridden_score']:.3f} to row max + 10")
+        return f"state outside: blocked tokens set to 0.0 / -inf (their best raw score was {d['overridden_score']:.3f})"
+
+    def check_explorer(self, max_new_tokens, max_images, num_inference_steps, seed) -> None:
+        from .. import validate as V
+
+        V.positive_int("max_new_tokens", max_new_tokens)
+        V.integer("max_images", max_images, 0, 1_000_000)
+        self.model._check_drawing(num_inference_steps, None, seed)
+
+    def generate(self, prompt, mode, max_new_tokens, max_images, num_inference_steps, seed):
+        return self.model.generate(prompt, max_new_tokens=max_new_tokens, max_images=max_images,
+                                   processor_mode=mode, num_inference_steps=num_inference_steps, seed=seed)
+
+    @staticmethod
+    def n_new(result) -> int:
+        return len(result.output.new_tokens[0])
+
+
+class _TypeAArm(_Arm):
+    """A :class:`~seedx_lab.typea.model.ChameleonTiny` (Type A): ``<img>``, N code tokens the
+    model *chooses* (the processor only restricts them to the codebook) and a forced ``</img>``; decoding
+    greedy or sampled; pictures drawn from the codes by the VQ decoder."""
+
+    name = "Type A (ChameleonTiny)"
+    kinds = ("text", "boi", "code", "eoi")
+    legend = ("text", "special", "boi", "code", "eoi")
+    modes = ("greedy", "sampled")
+    mode_label = "codes"
+    mode_tooltips = ("the argmax at every step", "drawn from softmax(logits), seeded")
+    picture = "image {k} (VQ decoder)"
+    decoding = ("sample", "temperature", "top_k", "seed")     # what generate_ids takes
+
+    def check_prompt(self, prompt) -> str:
+        return self.model._check_user_text(prompt, "prompt")
+
+    def timeline_prompt(self, prompt, caption, max_new_tokens) -> tuple[str, int]:
+        if caption is not None:
+            return T.generation_prompt(self.model._check_user_text(caption, "caption")), self.model.num_codes + 1
+        trailing = isinstance(prompt, str) and prompt.rstrip().endswith(T.BOI_TOKEN)
+        body = prompt.rstrip()[: -len(T.BOI_TOKEN)] if trailing else prompt     # a trailing <img> opens a block
+        self.model._check_user_text(body, "prompt", allow_empty=trailing)
+        return prompt, max_new_tokens
+
+    def timeline_run(self, ids, max_new_tokens, processor_mode, kwargs) -> tuple[list[int], int, list[dict]]:
+        """``model.generate_ids`` (greedy, or sampled with ``kwargs``) with its processor recorded."""
+        from .. import validate as V
+
+        if processor_mode is not None:
+            raise ValueError("processor_mode is SeedX's ('faithful' / 'strict'); the Type-A processor has one "
+                             "mode (bans are -inf): leave it out, and pass sample=True to sample the codes")
+        unknown = sorted(set(kwargs) - set(self.decoding))
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {unknown} for a Type-A model; it takes {list(self.decoding)}")
+        V.flag("sample", kwargs.get("sample", False))
+        V.number("temperature", kwargs.get("temperature", 1.0), low=0.0, low_open=True)
+        V.positive_int("top_k", kwargs.get("top_k"), allow_none=True)
+        V.seed("seed", kwargs.get("seed"))
+        with _Recording(self.model) as made:
+            new = self.model.generate_ids(ids, max_new_tokens, **kwargs)
+        decisions = [d for rec in made for d in rec.decisions]
+        T_ = ids.shape[1]
+        return (ids[0].tolist() + new[0].tolist())[: T_ + len(decisions)], T_, decisions
+
+    def classify(self, ids) -> list[str]:
+        return classify_tokens(ids, self.model.tokenizer, self.model.token_ids, code_ids=self.model.code_ids)
+
+    @staticmethod
+    def processor_share(view) -> str:
+        inside = sum(d["state"] == "inside" for d in view.decisions)
+        return f"{inside} restricted to the codebook, {sum(view.forced)} forced by the processor"
+
+    def explain(self, d: dict) -> str:
+        o = d["overridden_score"]
+        if d["state"] == "closing":
+            return (f"state closing, {d['block_index']} codes written: forced {d['forced_token']}, the only "
+                    f"token left (its raw score was {o:.3f})")
+        if d["state"] == "inside":
+            return (f"state inside, code {d['block_index'] + 1} of {self.model.num_codes}: only the "
+                    f"{d['allowed']} code tokens allowed, the model picks which (the rest set to -inf; their best "
+                    f"raw score was {o:.3f})")
+        boi = "" if d["boi_allowed"] else "; <img> banned too (no room left for a whole block)"
+        return f"state outside: code tokens and </img> set to -inf (their best raw score was {o:.3f}){boi}"
+
+    def check_explorer(self, max_new_tokens, max_images, num_inference_steps, seed) -> None:
+        from .. import validate as V
+
+        V.positive_int("max_new_tokens", max_new_tokens)
+        V.integer("max_images", max_images, 0, 1_000_000)
+        V.positive_int("num_inference_steps", num_inference_steps, allow_none=True)   # accepted, unused: no diffusion
+        V.seed("seed", seed)
+
+    def generate(self, prompt, mode, max_new_tokens, max_images, num_inference_steps, seed):
+        return self.model.generate(prompt, max_new_tokens=max_new_tokens, max_images=max_images,
+                                   sample=mode == "sampled", seed=seed)
+
+    @staticmethod
+    def n_new(result) -> int:
+        return len(result.new_ids)
+
+
+def _arm(model, where: str) -> _Arm:
+    """The adapter for ``model``: a :class:`~seedx_lab.model.SeedX` or a Type-A ``ChameleonTiny``."""
     from ..model import SeedX
+    from ..typea.model import ChameleonTiny
     from ..validate import BadType, _show
 
-    if not isinstance(model, SeedX):
-        raise BadType(f"{where}: model must be a seedx_lab SeedX (e.g. seedx_lab.load('seedx-tiny')), "
-                      f"got {_show(model)}")
+    if isinstance(model, SeedX):
+        return _SeedXArm(model)
+    if isinstance(model, ChameleonTiny):
+        return _TypeAArm(model)
+    raise BadType(f"{where}: model must be a seedx_lab SeedX or a Type-A ChameleonTiny (e.g. "
+                  f"seedx_lab.load('seedx-tiny') or seedx_lab.load('chameleon-tiny')), got {_show(model)}")
 
 
-def _check_decoding(processor_mode, kwargs) -> None:
-    from ..model import _check_decoding as check
+class _CodebookRecorder:
+    """Wraps a Type-A :class:`~seedx_lab.typea.processor.CodebookBlockProcessor`: returns its scores unchanged
+    and keeps, per call, row 0's decision as a dict like the SEED-X processor's ``record=True``: ``step, row,
+    state, block_index`` (codes written in the open block), ``forced_id`` (``</img>`` when closing),
+    ``overridden_score`` (the forced token's raw score, else the best raw score set to -inf), ``p_boi``
+    (softmax of the raw scores), plus ``allowed`` (tokens left), ``forced`` (one token left) and ``boi_allowed``."""
 
-    check(processor_mode, kwargs)
+    def __init__(self, proc):
+        self.proc, self.decisions = proc, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from ..typea.processor import CLOSING, INSIDE
+
+        out = self.proc(input_ids, scores)
+        state, written = self.proc.state(input_ids[:1])
+        st, raw, kept = int(state[0]), scores[0].float(), torch.isfinite(out[0])
+        over = raw[self.proc.eoi] if st == CLOSING else raw[~kept].max()
+        self.decisions.append(dict(
+            step=len(self.decisions), row=0, state={CLOSING: "closing", INSIDE: "inside"}.get(st, "outside"),
+            block_index=int(written[0]) if st in (INSIDE, CLOSING) else None,
+            forced_id=self.proc.eoi if st == CLOSING else None, overridden_score=float(over),
+            p_boi=float(raw.softmax(-1)[self.proc.boi]), allowed=int(kept.sum()), forced=int(kept.sum()) == 1,
+            boi_allowed=bool(kept[self.proc.boi])))
+        return out
+
+
+class _Recording:
+    """``with _Recording(model) as made:`` — while inside, ``model.processor(...)`` (what ``generate_ids``
+    builds its processor with) returns a :class:`_CodebookRecorder`, each appended to ``made``."""
+
+    def __init__(self, model):
+        self.model, self.made = model, []
+
+    def __enter__(self) -> list:
+        build = self.model.processor
+
+        def processor(*args, **kwargs):
+            self.made.append(_CodebookRecorder(build(*args, **kwargs)))
+            return self.made[-1]
+
+        self.model.processor = processor          # an instance attribute, over the class's method
+        return self.made
+
+    def __exit__(self, *exc) -> None:
+        del self.model.processor
 
 
 def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 40, *, caption: str | None = None,
-                   trace=None, tokenizer=None, processor_mode: str = "faithful", **generate_kwargs) -> TokenTimeline:
+                   trace=None, tokenizer=None, processor_mode: str | None = None, **generate_kwargs) -> TokenTimeline:
     """Colour-coded tokens of one generation and the processor's decision at every step.
 
-    * ``token_timeline(model, prompt, max_new_tokens)``: greedy ``model.lvlm.generate`` on ``prompt``;
+    * ``token_timeline(model, prompt, max_new_tokens)``: greedy ``model.lvlm.generate`` on ``prompt``
+      (``processor_mode``: ``"faithful"`` when None, or ``"strict"``);
     * ``token_timeline(model, caption="a red circle")``: the text-to-image path, prompt ``caption<img>`` and
       64 + 1 forced tokens (``generate_image`` without drawing);
     * ``token_timeline(model, trace=t)``: from a finished trace that captured ``processor.decisions`` and
       ``llm.token_ids`` (e.g. around ``model.generate_image``); the last generate call is shown.
-    """
-    from .. import tokens as T
-    from .trace import trace as make_trace
 
+    ``model`` may also be a Type-A ``ChameleonTiny`` (prompt or caption, no trace): ``model.generate_ids``
+    writes the tokens, greedy or with ``sample=True`` (and ``temperature``, ``top_k``, ``seed``), its
+    ``CodebookBlockProcessor`` recorded at every step; a caption gives ``<img>``, N chosen codes and the
+    forced ``</img>``. Tokens are then classed text / ``<img>`` / code / ``</img>``.
+    """
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     token_ids = getattr(model, "token_ids", None)
     if trace is None:
         if model is None:
             raise ValueError("give a model and a prompt (or caption=), or a finished trace=")
-        _check_model(model, "token_timeline")
-        if caption is not None:
-            if prompt is not None:
-                raise ValueError("give either prompt or caption, not both")
-            prompt = T.generation_prompt(model._check_user_text(caption, "caption"))    # SeedX's own checks
-            max_new_tokens = model.lvlm.num_img_tokens + 1
-        else:
-            prompt = model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
-        _check_decoding(processor_mode, generate_kwargs)
+        arm = _arm(model, "token_timeline")
+        if caption is not None and prompt is not None:
+            raise ValueError("give either prompt or caption, not both")
+        prompt, max_new_tokens = arm.timeline_prompt(prompt, caption, max_new_tokens)
         ids = torch.tensor([model.encode_ids(prompt)], device=model.device)
-        with make_trace(model, capture=["processor.decisions"]) as t:
-            out = model.lvlm.generate(ids, max_new_tokens=max_new_tokens, processor_mode=processor_mode,
-                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                      **generate_kwargs)
-        seq = out.sequences[0].tolist()
-        T_ = out.prompt_length
-        decisions = [d for d in t["processor.decisions"] if d["row"] == 0]
-        seq = seq[: T_ + len(decisions)]                   # drop padding after an early eos
+        seq, T_, decisions = arm.timeline_run(ids, max_new_tokens, processor_mode, generate_kwargs)
+        classes = arm.classify(seq)
     else:
+        from ..typea.model import ChameleonTiny
+
+        if isinstance(model, ChameleonTiny):
+            raise ValueError("a trace is taken on a SeedX; for a Type-A model give a prompt or caption=")
+        arm = _SeedXArm(model)
         for name in ("processor.decisions", "llm.token_ids"):
             if name not in trace:
                 raise KeyError(f"the trace did not capture {name!r}; capture=['processor.decisions', 'llm.token_ids']")
@@ -945,13 +1154,14 @@ def token_timeline(model=None, prompt: str | None = None, max_new_tokens: int = 
         decisions = [d for d in decs if d["call"] == last and d["row"] == 0]
         seq = _last_run(trace, "llm.token_ids")[0].tolist()
         T_ = len(seq) - len(decisions)
+        classes = classify_tokens(seq, tokenizer, token_ids)
     if tokenizer is not None:
         toks = tokenizer.convert_ids_to_tokens(seq)
         id_to_token = lambda i: tokenizer.convert_ids_to_tokens([i])[0]   # noqa: E731
     else:
         toks = [str(i) for i in seq]
         id_to_token = None
-    return TokenTimeline(seq, T_, decisions, toks, classify_tokens(seq, tokenizer, token_ids), id_to_token)
+    return TokenTimeline(seq, T_, decisions, toks, classes, id_to_token, arm)
 
 
 # =========================================================================== 4. BOI explorer
@@ -960,7 +1170,9 @@ class BoiExplorer(StageView):
     """P(``<img>``) along an editable prompt (final layer and logit lens), plus generation on demand.
 
     ``boi``: the :class:`~seedx_lab.probes.BoiTrace` of the current prompt; ``result``: the last
-    :class:`~seedx_lab.model.InterleavedResult` of the Generate button (or :meth:`generate`), else None.
+    :class:`~seedx_lab.model.InterleavedResult` (Type A: ``TypeAInterleaved``) of the Generate button (or
+    :meth:`generate`), else None. ``mode``: SEED-X's blocking (``"faithful"`` / ``"strict"``) or Type A's
+    decoding of the codes (``"greedy"`` / ``"sampled"``), see ``arm``.
     """
 
     _kind = "BoiExplorer"
@@ -969,10 +1181,10 @@ class BoiExplorer(StageView):
         super().__init__()
         import ipywidgets as W
 
-        self.model = model
+        self.model, self.arm = model, _arm(model, "boi_explorer")
         self.max_new_tokens, self.max_images = max_new_tokens, max_images
         self.num_inference_steps, self.seed = num_inference_steps, seed
-        self.mode = "faithful"
+        self.mode = self.arm.modes[0]
         self.result = None
         self.result_mode = None
         self.prompt = None
@@ -981,10 +1193,8 @@ class BoiExplorer(StageView):
                       layout=W.Layout(width="95%"))
         self.controls["prompt"] = text
         text.observe(lambda ch: self._set_prompt(ch["new"]), names="value")
-        self._observe("mode", W.ToggleButtons(options=["faithful", "strict"], value="faithful",
-                                              description="blocking",
-                                              tooltips=["published: blocked tokens set to 0.0",
-                                                        "fixed: blocked tokens set to -inf"]))
+        self._observe("mode", W.ToggleButtons(options=list(self.arm.modes), value=self.mode,
+                                              description=self.arm.mode_label, tooltips=list(self.arm.mode_tooltips)))
         button = W.Button(description="Generate", button_style="primary", icon="play")
         button.on_click(lambda _b: self.generate())
         self.controls["generate"] = button
@@ -1003,6 +1213,7 @@ class BoiExplorer(StageView):
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        self.arm.check_prompt(prompt)
         self.boi = boi_trace(self.model, prompt)
         self.prompt = prompt
         self.error = None
@@ -1017,13 +1228,13 @@ class BoiExplorer(StageView):
 
     @torch.no_grad()
     def generate(self):
-        """Run ``model.generate(prompt, processor_mode=mode)``; the result is shown and returned."""
+        """Run ``model.generate(prompt, processor_mode=mode)`` (Type A: ``sample=mode == "sampled"``); the
+        result is shown and returned."""
         if self._widget is not None:
             self.controls["generate"].disabled = True
         try:
-            self.result = self.model.generate(self.prompt, max_new_tokens=self.max_new_tokens,
-                                              max_images=self.max_images, processor_mode=self.mode,
-                                              num_inference_steps=self.num_inference_steps, seed=self.seed)
+            self.result = self.arm.generate(self.prompt, self.mode, self.max_new_tokens, self.max_images,
+                                            self.num_inference_steps, self.seed)
             self.result_mode = self.mode
         finally:
             if self._widget is not None:
@@ -1035,7 +1246,7 @@ class BoiExplorer(StageView):
         if self.result is None:
             gen = "none"
         else:
-            n = len(self.result.output.new_tokens[0])
+            n = self.arm.n_new(self.result)
             gen = f"{n} tokens, {len(self.result.images)} images ({self.result_mode})"
         return (f"BoiExplorer(tokens={len(self.boi.ids)}, layers={self.p_lens.shape[0] - 1}, mode={self.mode}, "
                 f"generated={gen})")
@@ -1083,7 +1294,7 @@ class BoiExplorer(StageView):
                 ax = axes[i + 1]
                 if i < n_img:
                     ax.imshow(np.asarray(self.result.images[i]))
-                    _style(ax, f"image {i + 1}")
+                    _style(ax, self.arm.picture.format(k=i + 1))
                 else:
                     ax.set_axis_off()
                     ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax.transAxes)
@@ -1129,14 +1340,15 @@ def boi_explorer(model, prompt: str, max_new_tokens: int = 60, max_images: int =
     """Edit a prompt and see where the model wants ``<img>`` (:func:`seedx_lab.probes.boi_trace`); toggle the
     blocking mode and press Generate to run ``model.generate(prompt, processor_mode=...)``.
 
-    Its values are checked as :meth:`SeedX.generate` checks them, before anything runs."""
-    from .. import validate as V
+    A Type-A ``ChameleonTiny`` works the same way: P(``<img>``) from its LLM's logits and logit lens, the
+    toggle chooses greedy or sampled codes (``seed`` seeds the sampling), Generate runs
+    ``model.generate(prompt, sample=...)`` whose pictures the VQ decoder draws from the codes
+    (``num_inference_steps`` is accepted and unused there: no diffusion).
 
-    _check_model(model, "boi_explorer")
-    prompt = model._check_user_text(prompt, "prompt", allow_trailing_boi=True)
-    V.positive_int("max_new_tokens", max_new_tokens)
-    V.integer("max_images", max_images, 0, 1_000_000)
-    model._check_drawing(num_inference_steps, None, seed)
+    Its values are checked as the model's ``generate`` checks them, before anything runs."""
+    arm = _arm(model, "boi_explorer")
+    prompt = arm.check_prompt(prompt)
+    arm.check_explorer(max_new_tokens, max_images, num_inference_steps, seed)
     return BoiExplorer(model, prompt, max_new_tokens, max_images, num_inference_steps, seed)
 
 
