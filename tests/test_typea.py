@@ -452,23 +452,30 @@ def test_cli_train_typea_defaults_per_grid():
 from seedx_lab.loading import DATA_DIR  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def chameleon():
+SHIPPED_ARMS = [("chameleon-tiny", 4), ("chameleon-tiny-8x8", 8)]      # name, code grid side
+
+
+@pytest.fixture(scope="module", params=SHIPPED_ARMS, ids=[n for n, _ in SHIPPED_ARMS])
+def chameleon(request):
     import seedx_lab
 
-    return seedx_lab.load("chameleon-tiny")
+    name, grid = request.param
+    return name, grid, seedx_lab.load(name)
 
 
 def test_shipped_chameleon_tiny_loads_and_fits_the_size_limit(chameleon):
-    d = DATA_DIR / "chameleon-tiny"
+    name, grid, model = chameleon
+    d = DATA_DIR / name
     assert sum(f.stat().st_size for f in d.iterdir() if f.is_file()) <= 15 * 10 ** 6
     for f in ("config.json", "model.safetensors", "tokenizer.json", "train_log.csv", "train_config.json"):
         assert (d / f).is_file(), f
-    assert isinstance(chameleon, ChameleonTiny) and not chameleon.training
-    assert chameleon.num_codes == 16 and chameleon.config.vq.codebook_size == len(chameleon.token_ids.img)
-    r = chameleon.generate_image("one big red square in the centre .")
-    new = r.ids[len(chameleon.encode_ids(r.prompt)):].tolist()
-    assert len(new) == 17 and new[-1] == chameleon.token_ids.eoi and r.image.size == (64, 64)
+    assert json.loads((d / "train_config.json").read_text())["grid"] == grid
+    assert isinstance(model, ChameleonTiny) and not model.training
+    assert model.num_codes == grid * grid and model.config.vq.codebook_size == len(model.token_ids.img)
+    r = model.generate_image("one big red square in the centre .")
+    new = r.ids[len(model.encode_ids(r.prompt)):].tolist()
+    assert len(new) == grid * grid + 1 and new[-1] == model.token_ids.eoi and r.image.size == (64, 64)
+    assert set(new[:-1]) <= set(model.token_ids.img)
 
 
 def test_shipped_tokenizer_round_trip_is_judged_right_on_most_held_out_images(chameleon):
@@ -476,7 +483,7 @@ def test_shipped_tokenizer_round_trip_is_judged_right_on_most_held_out_images(ch
     (shape, colour, position) in the reconstruction of more than half of them."""
     from seedx_lab.shapeworld.evaluate import tokenizer_ceiling
 
-    assert tokenizer_ceiling(chameleon, n=20, split="test") > 0.5
+    assert tokenizer_ceiling(chameleon[2], n=20, split="test") > 0.5
 
 
 # --------------------------------------------------------------------------- side by side (seedx_lab.lab.compare)
