@@ -101,7 +101,10 @@ def _cmd_train(args) -> int:
         kw["threads"] = args.threads
     if args.sequential:
         kw["parallel"] = False
-    kw.update(_settings(args.set or [], TrainConfig, reserved=("out", "work", "seed", "device", "threads", "parallel")))
+    if args.init or args.only:
+        kw.update(init=args.init, only=args.only)
+    kw.update(_settings(args.set or [], TrainConfig,
+                        reserved=("out", "work", "seed", "device", "threads", "parallel", "init", "only")))
     cfg = TrainConfig.quick_run(**kw) if args.quick else TrainConfig(**kw)
     train(cfg, fresh=args.fresh, progress=not args.no_progress)
     return 0
@@ -240,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sequential", action="store_true",
                     help="stages b and c one after the other in this process (default on a CPU: side by side in "
                          "two processes of half the threads each)")
+    tr.add_argument("--init", metavar="MODEL",
+                    help="a saved model (e.g. data/seedx-tiny) whose weights outside --only are kept")
+    tr.add_argument("--only", choices=("llm", "detok"),
+                    help="with --init: the lane retrained from scratch (llm: input resampler, LLM, output "
+                         "resampler; e.g. --only llm --set num_img_tokens=16)")
     tr.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument("--set", action="append", metavar="NAME=VALUE",
