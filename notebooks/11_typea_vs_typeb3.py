@@ -311,6 +311,37 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## A10 · Type B3 at 16 vs 64 queries
+#
+# A7's question asked of Type B3: seedx-tiny with 16 instead of 64 image tokens per block
+# (`data/seedx-tiny-q16`: seedx-tiny's ViT and de-tokenizer kept, the input resampler, LLM and output resampler
+# retrained from scratch with 16 queries by `seedx-lab train --init data/seedx-tiny --only llm --set
+# num_img_tokens=16`). The output resampler still hands the de-tokenizer 64 features, so the two differ only
+# in how many tokens carry a picture through the LLM, both ways. The seed's claim predicts that 16 tokens hold
+# less of the picture: lower image_acc (drawing) and caption_acc (describing) on the same held-out samples.
+
+# %%
+q16_dir = DATA_DIR / "seedx-tiny-q16"
+if q16_dir.is_dir():
+    q_seeds = list(range(N_IMG))
+    queries = {}
+    for name, m in (("64 queries", b3), ("16 queries", seedx_lab.load(q16_dir, device=DEVICE))):
+        queries[name] = dict(image_acc=Rate(round(E.image_accuracy(m, q_seeds) * N_IMG), N_IMG),
+                             caption_acc=Rate(round(E.caption_accuracy(m, q_seeds)[0] * N_IMG), N_IMG))
+        print(f"B3 {C.image_tokens(m)} tokens per block: image_acc {queries[name]['image_acc']}, "
+              f"caption_acc {queries[name]['caption_acc']} ({N_IMG} test captions / pictures)")
+    q64, q16 = queries["64 queries"], queries["16 queries"]
+    less = [k for k in ("image_acc", "caption_acc") if q64[k].lo > q16[k].hi]      # intervals apart
+    more = [k for k in ("image_acc", "caption_acc") if q16[k].lo > q64[k].hi]
+    A10 = (f"holds ({', '.join(less)} lower at 16)" if less and not more else
+           f"fails ({', '.join(more)} higher at 16)" if more and not less else
+           "mixed" if less else "no difference at this n")
+else:
+    A10 = "not measured"
+    print(f"no {q16_dir.name} checkpoint in data/")
+print(f"A10 'fewer tokens per image hold less of it' (B3, 16 vs 64 queries) -> {A10}")
+
+# %% [markdown]
 # ## The table
 #
 # Every cell below is a variable computed above, so the table and the sections cannot disagree.
