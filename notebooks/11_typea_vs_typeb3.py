@@ -30,7 +30,7 @@
 #   state machine (`CodebookBlockProcessor`) lets it choose only codebook tokens for exactly 16 steps and
 #   then forces `</img>`; the codes are decoded by the VQ decoder. Reading a picture uses the same codes.
 #
-# Each section measures one row of the seed's table (the rows A1–A9 of `CLAIMS.md`), prints the numbers with
+# Each section measures one row of the seed's table (the rows A1–A9 of `CLAIMS.md`; A10 asks A7's question of Type B3), prints the numbers with
 # their n (and a 95 % Wilson interval for a rate), and computes a verdict from them by a rule written in the
 # cell. The sample sizes are small so that the notebook runs in about a minute on a CPU; the larger-n
 # numbers (`seedx-lab eval -n 20` on both arms, `benchmarks/typea_vs_typeb3.py`) are in `docs/experiments.md`.
@@ -341,6 +341,42 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## A10 · Type B3 at 16 vs 64 queries
+#
+# A7's question asked of Type B3: seedx-tiny with 16 instead of 64 image tokens per block
+# (`data/seedx-tiny-q16`: seedx-tiny's ViT and de-tokenizer kept, the input resampler, LLM and output resampler
+# retrained from scratch with 16 queries by `seedx-lab train --init data/seedx-tiny --only llm --set
+# num_img_tokens=16`). The output resampler still hands the de-tokenizer 64 features, so the two differ only
+# in how many tokens carry a picture through the LLM, both ways. The seed's claim predicts that 16 tokens hold
+# less of the picture: lower image_acc (drawing) and caption_acc (describing) on the same held-out samples.
+# The verdict reads each difference with its 95 % interval, as A7 does.
+
+# %%
+q16_dir = DATA_DIR / "seedx-tiny-q16"
+if q16_dir.is_dir():
+    q_seeds = list(range(N_IMG))
+    queries = {}
+    for name, m in (("64 queries", b3), ("16 queries", seedx_lab.load(q16_dir, device=DEVICE))):
+        queries[name] = dict(image_acc=Rate(round(E.image_accuracy(m, q_seeds) * N_IMG), N_IMG),
+                             caption_acc=Rate(round(E.caption_accuracy(m, q_seeds)[0] * N_IMG), N_IMG))
+        print(f"B3 {C.image_tokens(m)} tokens per block: image_acc {queries[name]['image_acc']}, "
+              f"caption_acc {queries[name]['caption_acc']} ({N_IMG} test captions / pictures)")
+    q64, q16 = queries["64 queries"], queries["16 queries"]
+    # each difference (64 minus 16 queries) with Newcombe's 95 % interval, as in A7
+    diff = {k: newcombe(q64[k].k, N_IMG, q16[k].k, N_IMG) for k in ("image_acc", "caption_acc")}
+    for k, (d_lo, d_hi) in diff.items():
+        print(f"{k} difference (64 - 16 queries): {(q64[k].k - q16[k].k) / N_IMG:+.2f} [{d_lo:+.2f}, {d_hi:+.2f}]")
+    less = [k for k, (d_lo, _) in diff.items() if d_lo > 0]
+    more = [k for k, (_, d_hi) in diff.items() if d_hi < 0]
+    A10 = (f"holds ({', '.join(less)} lower at 16)" if less and not more else
+           f"fails ({', '.join(more)} higher at 16)" if more and not less else
+           "mixed" if less else "no difference at this n")
+else:
+    A10 = "not measured"
+    print(f"no {q16_dir.name} checkpoint in data/")
+print(f"A10 'fewer tokens per image hold less of it' (B3, 16 vs 64 queries) -> {A10}")
+
+# %% [markdown]
 # ## The table
 #
 # Every cell below is a variable computed above, so the table and the sections cannot disagree.
@@ -356,6 +392,8 @@ table = [
     ("A6", "describing wide + tall pictures", str(odd["B3 seedx-tiny"]), str(odd["A chameleon-tiny"]), A6),
     ("A7", "tokenizer ceiling at 16 / 64 codes", "-",
      " / ".join(str(v["ceiling"]) for v in a7.values()) if grid8.is_dir() else "-", A7),
+    ("A10", "image_acc at 16 / 64 queries",
+     f"{q16['image_acc']} / {q64['image_acc']}" if q16_dir.is_dir() else "-", "-", A10),
     ("A8", "slower decoder", "yes" if A8 == "holds" else "no", "no" if A8 == "holds" else "yes", A8),
     ("A9", f"distinct pictures of {N_VAR} seeds", str(var["B3 seedx-tiny"]["distinct"]),
      str(var["A chameleon-tiny"]["distinct"]), A9),

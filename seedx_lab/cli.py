@@ -101,7 +101,10 @@ def _cmd_train(args) -> int:
         kw["threads"] = args.threads
     if args.sequential:
         kw["parallel"] = False
-    kw.update(_settings(args.set or [], TrainConfig, reserved=("out", "work", "seed", "device", "threads", "parallel")))
+    if args.init or args.only:
+        kw.update(init=args.init, only=args.only)
+    kw.update(_settings(args.set or [], TrainConfig,
+                        reserved=("out", "work", "seed", "device", "threads", "parallel", "init", "only")))
     cfg = TrainConfig.quick_run(**kw) if args.quick else TrainConfig(**kw)
     train(cfg, fresh=args.fresh, progress=not args.no_progress)
     return 0
@@ -156,7 +159,8 @@ def _cmd_eval(args) -> int:
         ceiling = detokenizer_ceiling(model, n=args.n, split=args.split, num_inference_steps=args.steps,
                                       progress=not args.no_progress)
         print(f"de-tokenizer ceiling: drawing from true features judged right on {ceiling:.3f} of {r.n} "
-              f"{args.split} caption images ({model.lvlm.num_img_tokens} tokens per image)")
+              f"{args.split} caption images ({model.lvlm.num_out_features} features per image; the LLM carries "
+              f"{model.lvlm.num_img_tokens} tokens)")
     print(r.line())
     return 0
 
@@ -245,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sequential", action="store_true",
                     help="stages b and c one after the other in this process (default on a CPU: side by side in "
                          "two processes of half the threads each)")
+    tr.add_argument("--init", metavar="MODEL",
+                    help="a saved model (e.g. data/seedx-tiny) whose weights outside --only are kept")
+    tr.add_argument("--only", choices=("llm", "detok"),
+                    help="with --init: the lane retrained from scratch (llm: input resampler, LLM, output "
+                         "resampler; e.g. --only llm --set num_img_tokens=16)")
     tr.add_argument("--fresh", action="store_true", help="ignore a saved state and start over")
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument("--set", action="append", metavar="NAME=VALUE",

@@ -1,4 +1,8 @@
-"""ContinuousLVLM: a LLaMA language model that reads and writes images as 64-token blocks.
+"""ContinuousLVLM: a LLaMA language model that reads and writes images as N-token blocks (64 published).
+
+N (``num_img_tokens``) is the input resampler's query count; the text below says 64, the published N.
+With another N (a square, ``SeedXConfig.num_img_tokens``) only the LLM's side changes: the output
+resampler maps the N hidden states to the same 64 features, regressed onto the same 64-pooled target.
 
 Reading (comprehension). Each image view's 256 ViT features go through the *input resampler*
 (256 -> 64 queries, ViT width -> LLM width), get the tile-position embedding
@@ -32,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .posemb import square_side
 from .resampler import Resampler, ResamplerConfig
 from .tokens import ImageBlock, ImageTokenIds, find_image_blocks
 
@@ -198,7 +203,13 @@ class ContinuousLVLM(nn.Module):
 
     @property
     def num_img_tokens(self) -> int:
+        """N, the image tokens per block: the input resampler's queries (64 published)."""
         return self.input_resampler.config.num_queries
+
+    @property
+    def num_out_features(self) -> int:
+        """The output resampler's queries: the features per image it hands the de-tokenizer (64), whatever N."""
+        return self.output_resampler.config.num_queries
 
     # ------------------------------------------------------------------ embeddings
 
@@ -257,11 +268,13 @@ class ContinuousLVLM(nn.Module):
             if int(ids_gen_mask.sum()) != n * self.num_img_tokens:
                 raise ValueError(f"ids_gen_mask marks {int(ids_gen_mask.sum())} positions, expected "
                                  f"{n} images x {self.num_img_tokens} tokens")
-            gen_hidden = last[ids_gen_mask].view(n, self.num_img_tokens, -1)      # [N, 64, D]
-            rec = self.output_resampler(gen_hidden)                                # [N, 64, vit_dim]
+            gen_hidden = last[ids_gen_mask].view(n, self.num_img_tokens, -1)      # [N_gen, N, D]
+            rec = self.output_resampler(gen_hidden)                                # [N_gen, 64, vit_dim]
             target = target_features
             if self.vit_down:
-                target = pool_targets(target_features, self.target_pool, self.num_img_tokens)
+                # the target is what the de-tokenizer was trained to read: the 256 ViT features pooled to the
+                # output resampler's 64, whatever the block length N (N only narrows the LLM's side)
+                target = pool_targets(target_features, self.target_pool, self.num_out_features)
             target = target.detach().to(rec.dtype)
             rec_loss = F.mse_loss(rec, target) if self.mse else cosine_loss(rec, target)
             result.update(rec=rec, target=target)
@@ -556,13 +569,18 @@ def _left_pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:
 
 def build_lvlm(llm_config: LLMConfig, vit_dim: int, token_ids: ImageTokenIds, resampler_heads: int | None = None,
                device=None, dtype=None, input_locality: float = 0.0, input_local_heads: int | None = None,
-               **kwargs) -> ContinuousLVLM:
+               num_out_features: int = 64, **kwargs) -> ContinuousLVLM:
     """Assemble a randomly initialised ContinuousLVLM for an LLM config and a ViT output width.
 
-    ``input_locality`` / ``input_local_heads``: the input resampler's place bias (``ResamplerConfig``)."""
+    The block length N is ``token_ids.num_img_tokens`` (a square number): the input resampler has N queries
+    (256 -> N), the output resampler ``num_out_features`` queries over the N hidden states (N -> 64 for the
+    de-tokenizer). ``input_locality`` / ``input_local_heads``: the input resampler's place bias."""
     d = llm_config.hidden_size
     heads = resampler_heads or max(1, d // 128)
-    rin = Resampler(ResamplerConfig(grid_size=8, embed_dim=d, num_heads=heads, kv_dim=vit_dim, locality=input_locality,
-                                    local_heads=input_local_heads), device=device, dtype=dtype)
-    rout = Resampler(ResamplerConfig(grid_size=8, embed_dim=vit_dim, num_heads=heads, kv_dim=d), device=device, dtype=dtype)
+    side_in = square_side(token_ids.num_img_tokens, "image tokens per block")
+    side_out = square_side(num_out_features, "num_out_features")
+    rin = Resampler(ResamplerConfig(grid_size=side_in, embed_dim=d, num_heads=heads, kv_dim=vit_dim,
+                                    locality=input_locality, local_heads=input_local_heads), device=device, dtype=dtype)
+    rout = Resampler(ResamplerConfig(grid_size=side_out, embed_dim=vit_dim, num_heads=heads, kv_dim=d),
+                     device=device, dtype=dtype)
     return ContinuousLVLM(build_llm(llm_config, device, dtype), rin, rout, token_ids, device=device, dtype=dtype, **kwargs)

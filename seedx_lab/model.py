@@ -3,8 +3,8 @@
 ``seedx_lab.load("seedx-tiny")`` returns a :class:`SeedX` built from ``data/seedx-tiny``
 (``config.json``, ``model.safetensors``, the tokenizer files). Its methods run the pipeline:
 
-* :meth:`SeedX.generate_image` — caption → ``{caption}<img>`` → 64 forced tokens → output resampler
-  → de-tokenizer → image;
+* :meth:`SeedX.generate_image` — caption → ``{caption}<img>`` → N forced tokens (``config.num_img_tokens``,
+  64 as published) → output resampler (N → 64 features) → de-tokenizer → image;
 * :meth:`SeedX.describe` — image → any-res tiles → ViT → input resampler → LLM → text;
 * :meth:`SeedX.generate` — interleaved text and images, images starting wherever the model itself
   predicts ``<img>``.
@@ -38,7 +38,10 @@ _UNCHECKED = object()          # comprehension_inputs: no max_new_tokens to chec
 #   "vit_zero_image" the ViT features of an all-zero (normalised) image, pooled like the target
 #                    (what the published SDXLAdapter passes as its negative)
 NEGATIVES = ("zeros", "vit_zero_image")
-_OPTIONAL_FIELDS = ("negative",)       # may be absent from a config.json (written before the field existed)
+# may be absent from a config.json (written before the field existed): "negative" means "zeros",
+# "num_img_tokens" means 64 (every checkpoint saved before it had 64-token blocks)
+_OPTIONAL_FIELDS = ("negative", "num_img_tokens")
+MAX_IMG_TOKENS = T.NUM_IMG_VOCAB       # <img_00000>…<img_00099>: the image tokens a SEED-X vocabulary holds
 
 
 @dataclass
@@ -59,10 +62,16 @@ class SeedXConfig:
     input_locality: float = 0.0          # place bias of the input resampler (0: published; see ResamplerConfig)
     input_local_heads: int | None = None
     negative: str = "zeros"              # guidance's unconditional input, one of NEGATIVES (published: vit_zero_image)
+    # image tokens per <img> block: the input resampler's queries, the LLM's tokens per block (prompts and
+    # generation) and the output resampler's input count. The output resampler still hands the de-tokenizer
+    # 64 features (64 -> 64 published; N -> 64 otherwise). A square number (the resamplers place tokens on a
+    # square grid), at most the 100 image tokens of the vocabulary
+    num_img_tokens: int = T.NUM_IMG_TOKENS
 
     def __post_init__(self):
         if self.negative not in NEGATIVES:
             raise ValueError(f"negative must be one of {NEGATIVES}, got {self.negative!r}")
+        check_num_img_tokens(self.num_img_tokens)
 
     @classmethod
     def tiny(cls, vocab_size: int) -> "SeedXConfig":
@@ -118,6 +127,17 @@ class SeedXConfig:
             raise ValueError(f"config is missing or has an unknown field: {e}") from None
 
 
+def check_num_img_tokens(n) -> int:
+    """``n`` as an image-token count per block: an int, a square number in [1, 100] (16, 64 …), else a
+    ``ValueError`` saying which values are allowed."""
+    allowed = [k * k for k in range(1, int(MAX_IMG_TOKENS ** 0.5) + 1)]
+    if isinstance(n, bool) or not isinstance(n, int) or n not in allowed:
+        raise ValueError(f"num_img_tokens must be a square number of image tokens per block between 1 and "
+                         f"{MAX_IMG_TOKENS} (one of {', '.join(map(str, allowed))}: the resamplers place them on "
+                         f"a square grid, and the vocabulary holds {MAX_IMG_TOKENS} image tokens), got {n!r}")
+    return n
+
+
 @dataclass
 class ImageResult:
     """What :meth:`SeedX.generate_image` returns."""
@@ -148,12 +168,13 @@ class SeedX(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        self.token_ids = T.ImageTokenIds.from_tokenizer(tokenizer)
+        self.token_ids = T.ImageTokenIds.from_tokenizer(tokenizer, config.num_img_tokens)
         if len(tokenizer) > config.llm.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM vocabulary is {config.llm.vocab_size}")
         self.vit = vit if vit is not None else VisionTransformer(config.vit, device=device, dtype=dtype)
         self.lvlm = lvlm if lvlm is not None else build_lvlm(
             config.llm, config.vit.output_dim, self.token_ids, config.resampler_heads,
+            num_out_features=config.detok.num_queries,
             input_locality=config.input_locality, input_local_heads=config.input_local_heads,
             device=device, dtype=dtype, add_patch_pos=config.add_patch_pos,
             target_pool=config.target_pool, lm_loss_scale=config.lm_loss_scale,
@@ -221,7 +242,8 @@ class SeedX(nn.Module):
         ``caption`` is plain text: special-token text typed in it (``<img>``, ``</img>``, ``<patch>``,
         ``<img_00012>``, ``</s>`` …) is refused with a ``ValueError`` naming the token, since it would be
         read as a token and break the block. The instruction markers ``[INST]``/``[/INST]`` are allowed.
-        ``max_new_tokens`` is always 65 (64 image tokens and ``</img>``), enough by construction; a caption
+        ``max_new_tokens`` is always N + 1 (``config.num_img_tokens`` image tokens, 64 as published, and
+        ``</img>``), enough by construction; a caption
         too long for the model's context leaves no room for them and is refused (``ValueError`` with both
         numbers). ``num_inference_steps``, ``guidance_scale`` and ``seed`` are checked as in :meth:`draw`,
         sampling settings in ``generate_kwargs`` (``temperature`` > 0, ``top_p`` in (0, 1]) too, all before
@@ -253,7 +275,7 @@ class SeedX(nn.Module):
         regression target is; computed once per device, dtype and ViT weights (an optimizer step or a
         ``load_state_dict`` changes the weights' version counters and so recomputes it).
         ``"zeros"``: zeros."""
-        n, dim = self.lvlm.num_img_tokens, self.config.vit.output_dim
+        n, dim = self.lvlm.num_out_features, self.config.vit.output_dim
         if self.config.negative == "zeros":
             return torch.zeros(1, n, dim, device=self.device, dtype=self.dtype)
         params = list(self.vit.parameters())
@@ -367,7 +389,8 @@ class SeedX(nn.Module):
         drawn with seed ``seed + k`` (mod 2**64).
 
         ``prompt`` is plain text (the ``[INST]``/``[/INST]`` markers are allowed) and may end in ``<img>``:
-        the model then draws an image at once (``max_new_tokens`` must then be at least 65 to finish it).
+        the model then draws an image at once (``max_new_tokens`` must then be at least N + 1 to finish it:
+        65 for 64 image tokens per block).
         Any other special-token text (``</img>``, ``<patch>``, ``<img_00012>``, a ``<img>`` elsewhere,
         ``</s>`` …) is refused with a ``ValueError`` naming it. It may be empty only when images are given.
         Prompt (image tokens included) plus ``max_new_tokens`` must fit the model's context.

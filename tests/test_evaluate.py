@@ -61,7 +61,7 @@ def test_eval_command_prints_the_detokenizer_ceiling_of_a_seedx_model(shipped, m
     assert cli.main(["eval", "-n", "2", "--steps", "2", "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"de-tokenizer ceiling: drawing from true features judged right on ([0-9.]+) of 2 test "
-                     r"caption images \(64 tokens per image\)", lines[-2])
+                     r"caption images \(64 features per image; the LLM carries 64 tokens\)", lines[-2])
     assert m, lines
     assert float(m.group(1)) == pytest.approx(detokenizer_ceiling(shipped, n=2, num_inference_steps=2), abs=1e-3)
     assert lines[-1].startswith("caption_acc=")

@@ -335,7 +335,7 @@ def test_training_resumes_from_its_last_complete_state(tmp_path, monkeypatch):
 def test_a_corrupt_training_state_is_refused_by_name(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path)
     spare = build_model(0)
-    monkeypatch.setattr(TR, "build_model", lambda seed, device: spare)      # one model for the four tries
+    monkeypatch.setattr(TR, "build_model", lambda seed, device, num_img_tokens=64: spare)      # one model for the four tries
     (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(ValueError, match=r"cannot resume from .*state\.pt.*--fresh"):
         Trainer(cfg, progress=False)

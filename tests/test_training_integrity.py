@@ -33,7 +33,7 @@ def tiny(tmp_path, **kw):
 def spare(monkeypatch):
     """One untrained model for every Trainer of a test (building it is the slow part)."""
     m = build_model(0)
-    monkeypatch.setattr(TR, "build_model", lambda seed, device: m)
+    monkeypatch.setattr(TR, "build_model", lambda seed, device, num_img_tokens=64: m)
     return m
 
 
@@ -83,7 +83,7 @@ def test_a_lock_is_released_when_the_run_fails(tmp_path, spare, monkeypatch):
 @pytest.mark.parametrize("which", ["out", "work"])
 def test_outputs_are_checked_before_any_work(tmp_path, monkeypatch, which):
     built = []
-    monkeypatch.setattr(TR, "build_model", lambda seed, device: built.append(1))
+    monkeypatch.setattr(TR, "build_model", lambda seed, device, num_img_tokens=64: built.append(1))
     (tmp_path / "file").write_text("x")
     cfg = tiny(tmp_path, **{which: str(tmp_path / "file")})
     with pytest.raises(ValueError, match=rf"{which}: .*file is a file, not a folder"):

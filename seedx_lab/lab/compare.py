@@ -64,7 +64,7 @@ def cache_bytes(cache) -> int:
 
 
 def image_tokens(model) -> int:
-    """Tokens between ``<img>`` and ``</img>``: N codes (Type A) or the 64 forced queries (Type B3)."""
+    """Tokens between ``<img>`` and ``</img>``: N codes (Type A) or the N forced queries (Type B3; 64 in seedx-tiny)."""
     return model.num_codes if is_typea(model) else model.lvlm.num_img_tokens
 
 

@@ -994,7 +994,7 @@ def published_negative_features(model: SeedX) -> torch.Tensor:
     uses it by default (``config.negative == "vit_zero_image"``, cached: :meth:`SeedX.negative_features`)."""
     s = model.config.vit.image_size
     zeros = torch.zeros(1, 3, s, s, device=model.device, dtype=model.dtype)
-    return pool_targets(model.vit(zeros), "1d", model.lvlm.num_img_tokens)
+    return pool_targets(model.vit(zeros), "1d", model.lvlm.num_out_features)
 
 
 def parameter_counts(configs: PublishedConfigs | None = None, llm: LLMConfig | None = None,

@@ -190,6 +190,6 @@ def detokenizer_ceiling(model, n: int = 200, split: str = "test", seed: int = 0,
     for s in tqdm(range(seed, seed + n), desc="true features -> image", disable=not progress):
         sm = W.caption_image_sample(s, split)
         pixels = normalize(image_to_unit(sm.image)[None]).to(model.device, model.dtype)
-        feats = pool_targets(model.vit(pixels), model.lvlm.target_pool, model.lvlm.num_img_tokens)[0]
+        feats = pool_targets(model.vit(pixels), model.lvlm.target_pool, model.lvlm.num_out_features)[0]
         hits += J.score_image(model.draw(feats, num_inference_steps=num_inference_steps, seed=s), sm.caption)["all"]
     return hits / n

@@ -1,7 +1,7 @@
 """Training configuration of seedx-tiny, and the untrained model it starts from."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -73,6 +73,15 @@ class TrainConfig:
     # other than the CPU: one stage after another in this process
     parallel: bool = True
     quick: bool = False
+    # image tokens per <img> block (SeedXConfig.num_img_tokens): the input resampler's queries and the LLM's
+    # block length; the output resampler still hands the de-tokenizer 64 features
+    num_img_tokens: int = 64
+    # retrain one lane only: ``init`` is a saved seedx-lab model (e.g. data/seedx-tiny) whose weights outside
+    # that lane are kept as they are (stage a's ViT always; stage b's VAE, its latent scale, adapter + UNet
+    # when ``only="llm"``), ``only`` the lane trained afresh ("llm": input resampler, LLM, output resampler;
+    # "detok"). Both or neither
+    init: str | None = None
+    only: str | None = None
 
     def __post_init__(self):
         self.llm_mix = tuple(self.llm_mix)
@@ -96,6 +105,15 @@ class TrainConfig:
             raise ValueError(f"story_text_only must be in [0, 1], got {self.story_text_only}")
         if not 0.0 < self.comprehension_keep_single <= 1.0:
             raise ValueError(f"comprehension_keep_single must be in (0, 1], got {self.comprehension_keep_single}")
+        from ..model import check_num_img_tokens
+
+        check_num_img_tokens(self.num_img_tokens)
+        if (self.init is None) != (self.only is None):
+            raise ValueError("init and only go together: init names the model whose other weights are kept, "
+                             f"only the lane retrained from scratch (got init={self.init!r}, only={self.only!r})")
+        if self.only is not None:
+            V.choice("only", self.only, tuple(LANES))
+            self.init = str(V.path_like("init", self.init))
         bad = [k for k in self.llm_mix if k not in LLM_TASKS]
         if not self.llm_mix or bad:
             raise ValueError(f"llm_mix must be a non-empty sequence of {', '.join(LLM_TASKS)}; got {list(self.llm_mix)}")
@@ -115,8 +133,9 @@ def build_tokenizer():
     return T.build_tokenizer(W.vocabulary())
 
 
-def build_model(seed: int = 0, device="cpu") -> SeedX:
+def build_model(seed: int = 0, device="cpu", num_img_tokens: int = 64) -> SeedX:
+    """The untrained seedx-tiny (``num_img_tokens`` image tokens per block), initialised from ``seed``."""
     tok = build_tokenizer()
     torch.manual_seed(seed)
-    cfg = SeedXConfig.tiny(vocab_size=len(tok))
+    cfg = replace(SeedXConfig.tiny(vocab_size=len(tok)), num_img_tokens=num_img_tokens)     # checked on the way
     return SeedX(cfg, tok, device=device)

@@ -158,17 +158,22 @@ class Trainer:
         try:
             if cfg.threads and lane is None:
                 torch.set_num_threads(cfg.threads)
-            self.model = build_model(cfg.seed, self.device)
+            self.model = build_model(cfg.seed, self.device, cfg.num_img_tokens)
             self.done: list[str] = []
             self.resume_stage, self.resume_step, self.resume_opt = None, 0, None
+            resumed = False
             if fresh:
                 if self.shard.main:
                     for f in ("state.pt", *(f"state-{k}.pt" for k in LANES), "train_log.csv"):
                         (self.work / f).unlink(missing_ok=True)
             elif self.state_path.exists():
                 self._load_state(self.state_path)
+                resumed = True
             elif lane is not None:                       # a lane starts from the main state (the finished ViT)
                 self._load_state(self.work / "state.pt")
+                resumed = True
+            if cfg.init is not None and not resumed:
+                self._start_from(cfg.init, cfg.only)
             if lane is None and not fresh and self.shard.main:
                 self._trim_log()
             self.log = CSVLog(self.work / "train_log.csv", t0=t0) if self.shard.main else _NoLog()
@@ -209,7 +214,10 @@ class Trainer:
         if missing:
             raise ValueError(f"cannot resume from {path}: missing entry {missing[0]!r} (written by a different "
                              "configuration?); run with --fresh")
-        changed = config_changes(dict(st["config"]) if isinstance(st["config"], dict) else {}, asdict(self.cfg))
+        saved = dict(st["config"]) if isinstance(st["config"], dict) else {}
+        # a state written before these fields existed was a 64-token run of all stages
+        saved = {"num_img_tokens": 64, "init": None, "only": None, **saved}
+        changed = config_changes(saved, asdict(self.cfg))
         if changed:
             raise ValueError(f"cannot resume from {path}: it was saved by a run with another configuration "
                              f"({'; '.join(changed)}). A resume may change only {', '.join(MAY_CHANGE)}: rerun "
@@ -231,6 +239,34 @@ class Trainer:
             if st["stage"] is not None:
                 resume[st["stage"]] = st["step"]
         trim_log(self.work / "train_log.csv", lambda stage, step: stage in done or step < resume.get(stage, 0))
+
+    def _start_from(self, init: str, only: str):
+        """Take every weight outside lane ``only`` from the saved model ``init`` (the lane's own stay freshly
+        initialised from the seed), mark the other stages done and write that as the first state, which
+        the lane processes and any resume start from. The two models must differ in nothing but
+        ``num_img_tokens`` (which only the LLM lane's weights depend on)."""
+        from ..loading import load
+
+        src = load(init)
+        if only != "llm" and src.config.num_img_tokens != self.cfg.num_img_tokens:
+            raise ValueError(f"init {init} has {src.config.num_img_tokens} image tokens per block but this run "
+                             f"asks for {self.cfg.num_img_tokens} and keeps its LLM lane: retrain only='llm'")
+        a, b = (json.loads(json.dumps(m.config.to_dict())) for m in (src, self.model))    # tuples as lists
+        for d in (a, b):
+            d.pop("num_img_tokens")
+            d["detok"]["vae"].pop("scaling_factor", None)          # calibrated by stage b, not a width
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            raise ValueError(f"init {init} is not a seedx-tiny this run can build on: its config differs in "
+                             f"{', '.join(diff)}")
+        prefix = LANE_PARAMS[only]
+        sd = self.model.state_dict()
+        sd.update({k: v.to(self.device) for k, v in src.state_dict().items() if not k.startswith(prefix)})
+        self.model.load_state_dict(sd)
+        if only != "detok":                                     # stage b's latent scale comes with its VAE
+            self.model.detok.vae.register_to_config(scaling_factor=float(src.detok.vae.config.scaling_factor))
+        self.done = [k for k in STAGE_ORDER if k not in LANES[only]]
+        self._save_state(None, 0, None)
 
     def _load_state(self, path: Path, prefix: str = ""):
         """Load a saved state into this trainer (only the parameters under ``prefix`` when merging a lane)."""
@@ -438,7 +474,7 @@ class Trainer:
         def step(i):
             g.manual_seed(_seed_of(cfg, "unet", i, 0))
             idx = torch.randint(0, feats.shape[0], (cfg.unet_batch,), generator=g)
-            f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_img_tokens)
+            f = pool_targets(feats[idx], m.config.target_pool, m.lvlm.num_out_features)
             loss = detok_losses.denoising_loss(d, f, None, generator=g, latents=lats[idx],
                                                timesteps=unet_timesteps(cfg, g, len(idx), T), rows=rows)
             return loss, None, None     # a mean over equal shares: DDP's average of the processes' means is the global one
