@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import re
 import warnings
 
@@ -263,7 +264,8 @@ LINE = re.compile(r"^name=(\w+)( \w+=\S+)+$")
     ("processor", ["--repeats", "1", "--warmup", "0"]),
     ("trace_overhead", ["--model", "random", "--repeats", "1", "--warmup", "0", "--max-new-tokens", "70"]),
     ("pipeline", ["--model", "random", "--repeats", "1", "--warmup", "0", "--steps", "2"]),
-    ("lanes", ["--repeats", "1", "--steps", "2"]),
+    # the pools are built before the timed steps: small ones make the run quick and leave the line as it is
+    ("lanes", ["--repeats", "1", "--steps", "2", "--pools", "32,24,16"]),
     ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12"]),
 ])
 def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, capsys):
@@ -278,3 +280,11 @@ def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, caps
     assert out[-1] == line and LINE.match(line) and line.startswith(f"name={name} ")
     if name == "pipeline":
         assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_lanes_pools_take_three_positive_sizes():
+    from benchmarks.lanes import POOLS, _pools
+    assert _pools("32,24,16") == (32, 24, 16) and POOLS == (256, 96, 48)
+    for bad in ("32,24", "32,0,16", "a,b,c"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"--pools takes three positive sizes .*got '{bad}'"):
+            _pools(bad)
