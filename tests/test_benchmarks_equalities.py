@@ -176,9 +176,8 @@ def test_fast_path_records_the_step_by_step_decisions(model):
 
 
 @pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
-def test_fast_path_records_the_step_by_step_decisions_in_a_story():
-    import seedx_lab
-    m = seedx_lab.load(TRAINED).eval()
+def test_fast_path_records_the_step_by_step_decisions_in_a_story(shipped):
+    m = shipped.eval()                               # conftest: load("seedx-tiny") = TRAINED, once per session
     ids, mask = left_padded(m, STORIES[:1])
     (fast, dec_f), (slow, dec_s) = decisions_both(m, ids, mask, max_new_tokens=150, max_blocks=2)
     assert torch.equal(fast.sequences, slow.sequences) and len(fast.images[0]) >= 1   # opened by the model
@@ -188,9 +187,8 @@ def test_fast_path_records_the_step_by_step_decisions_in_a_story():
 
 
 @pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
-def test_fast_path_trained_model_story():
-    import seedx_lab
-    m = seedx_lab.load(TRAINED).eval()
+def test_fast_path_trained_model_story(shipped):
+    m = shipped.eval()                               # conftest: load("seedx-tiny") = TRAINED, once per session
     ids, mask = left_padded(m, STORIES)
     kw = dict(attention_mask=mask, max_new_tokens=200, eos_token_id=m.tokenizer.eos_token_id,
               pad_token_id=m.tokenizer.pad_token_id, max_blocks=3)
