@@ -264,7 +264,8 @@ LINE = re.compile(r"^name=(\w+)( \w+=\S+)+$")
     ("pipeline", ["--model", "random", "--repeats", "1", "--warmup", "0", "--steps", "2"]),
     # the pools are built before the timed steps: small ones make the run quick and leave the line as it is
     ("lanes", ["--repeats", "1", "--steps", "2", "--pools", "32,24,16"]),
-    ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12"]),
+    # a 6-token pair (BOS and the trigger phrase): the per-cell grid it is checked against is a forward per cell
+    ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12", "--tokens", "6"]),
 ])
 def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, capsys):
     import importlib
@@ -286,3 +287,14 @@ def test_lanes_pools_take_three_positive_sizes():
     for bad in ("32,24", "32,0,16", "a,b,c"):
         with pytest.raises(argparse.ArgumentTypeError, match=rf"--pools takes three positive sizes .*got '{bad}'"):
             _pools(bad)
+
+
+def test_patching_tokens_cut_the_pair_to_bos_and_the_trigger(model):
+    from benchmarks.patching import CLEAN, cut_pair
+    whole, _ = cut_pair(model, CLEAN, None, "--tokens")
+    clean, corrupt = cut_pair(model, CLEAN, 6, "--tokens")
+    assert whole == model.encode_ids(CLEAN) and clean == whole[:1] + whole[-5:]
+    assert model.decode(clean[1:]) == "it looks like this :"
+    assert corrupt == clean[:-1] + [model.tokenizer.convert_tokens_to_ids(".")]
+    with pytest.raises(ValueError, match=rf"--tokens must be 3\.\.{len(whole)}, got 2"):
+        cut_pair(model, CLEAN, 2, "--tokens")
