@@ -16,10 +16,15 @@ work done per second when both lanes stay busy (as in the full run, whose lanes 
 other): 2 / the mean of the two stages' slowdowns (one thread beside the other lane vs all threads alone).
 Repeats alternate the variants.
 
-Run: ``python -m benchmarks.lanes [--steps 30] [--repeats 3]``.
+``--pools`` sets the cached sample pools (captions, comprehension pictures, stories); they are built before
+the timed region, so they change the set-up time, not the step times (the default is what the recorded runs
+used; the test runs it with smaller pools).
+
+Run: ``python -m benchmarks.lanes [--steps 30] [--repeats 3] [--pools 256,96,48]``.
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import time
 
@@ -27,16 +32,30 @@ import torch
 
 from ._common import header, med, parser, result_line, setup
 
+POOLS = (256, 96, 48)                      # cached captions, comprehension pictures, stories of each process
 
-def _train_steps(stage: str, threads: int, steps: int, q) -> None:
-    """Spawned: ``steps`` optimisation steps of one stage with ``threads`` threads; puts the seconds on ``q``."""
+
+def _pools(text: str) -> tuple[int, int, int]:
+    """``"256,96,48"`` -> ``(256, 96, 48)``: three positive sizes."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--pools takes three positive sizes CAPTIONS,COMPREHENSION,STORIES, got {text!r}")
+    return sizes
+
+
+def _train_steps(stage: str, threads: int, steps: int, pools: tuple[int, int, int], q) -> None:
+    """Spawned: ``steps`` optimisation steps of one stage with ``threads`` threads on sample pools of
+    ``pools`` = (captions, comprehension, stories); puts the seconds on ``q``."""
     import tempfile
     import warnings
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
     from seedx_lab.training import trainer as TR
     with tempfile.TemporaryDirectory() as work:
-        cfg = TR.TrainConfig(work=work, out=work + "/m", cache_size=256, comprehension_pool=96, story_pool=48,
+        cfg = TR.TrainConfig(work=work, out=work + "/m", cache_size=pools[0], comprehension_pool=pools[1], story_pool=pools[2],
                              comprehension_keep_single=1.0, parallel=False)
         tr = TR.Trainer(cfg, fresh=True, progress=False)
         tr.model.vit.eval().requires_grad_(False)
@@ -73,11 +92,11 @@ def _results(q, procs, n: int) -> dict:
     return out
 
 
-def run_variant(side_by_side: bool, threads: int, steps: int) -> tuple[float, dict]:
+def run_variant(side_by_side: bool, threads: int, steps: int, pools: tuple[int, int, int] = POOLS) -> tuple[float, dict]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     per = max(1, threads // 2) if side_by_side else threads
-    procs = [ctx.Process(target=_train_steps, args=(stage, per, steps, q)) for stage in ("unet", "llm")]
+    procs = [ctx.Process(target=_train_steps, args=(stage, per, steps, pools, q)) for stage in ("unet", "llm")]
     times = {}
     if side_by_side:
         for p in procs:
@@ -97,17 +116,19 @@ def run_variant(side_by_side: bool, threads: int, steps: int) -> tuple[float, di
 def main(argv=None) -> str:
     p = parser(__doc__.splitlines()[0], repeats=3, warmup=0)
     p.add_argument("--steps", type=int, default=30, help="timed steps of each stage (default 30)")
+    p.add_argument("--pools", type=_pools, default=POOLS, help="cached sample pools of each process: captions, "
+                   "comprehension pictures, stories (default 256,96,48; built before the timed steps)")
     args = p.parse_args(argv)
     setup(args)
     threads = args.threads or torch.get_num_threads()
     header("lanes", args, "seedx-tiny shapes, untrained (the step costs do not depend on the weights)")
-    print(f"steps per stage: {args.steps} (stage c: its step mix in turn); threads: {threads} one after another, "
+    print(f"steps per stage: {args.steps} (stage c: its step mix in turn); pools {args.pools}; threads: {threads} one after another, "
           f"{max(1, threads // 2)} per lane side by side")
     walls = {"one after another": [], "side by side": []}
     stage_s = {name: {"stage b": [], "stage c": []} for name in walls}
     for r in range(args.repeats):
         for name in walls:
-            wall, parts = run_variant(name == "side by side", threads, args.steps)
+            wall, parts = run_variant(name == "side by side", threads, args.steps, args.pools)
             walls[name].append(wall)
             for k, v in parts.items():
                 stage_s[name][k].append(v)

@@ -11,7 +11,10 @@ Both must give the same grid (checked to 1e-5 before timing). The ratio is per-c
 time in one run. The batched grid is then timed on a ``--long-tokens`` prompt (BOS and the last tokens
 of a longer story step that ends in the trigger).
 
-Run: ``python -m benchmarks.patching [--model seedx-tiny] [--repeats 3] [--long-tokens 40]``.
+``--tokens`` cuts the compared pair the same way (BOS and the trigger's last tokens); the test uses it to check
+the agreement on a short pair.
+
+Run: ``python -m benchmarks.patching [--model seedx-tiny] [--repeats 3] [--long-tokens 40] [--tokens N]``.
 """
 from __future__ import annotations
 
@@ -33,23 +36,30 @@ def corrupt_of(ids: list[int], model) -> list[int]:
     return ids[:-1] + [dot]
 
 
+def cut_pair(model, text: str, n: int | None, option: str) -> tuple[list[int], list[int]]:
+    """``(clean, corrupt)`` ids of ``text`` cut to BOS and its last ``n - 1`` tokens (``None``: all of it)."""
+    ids = model.encode_ids(text)
+    if n is not None:
+        if n < 3 or n > len(ids):
+            raise ValueError(f"{option} must be 3..{len(ids)}, got {n}")
+        ids = ids[:1] + ids[len(ids) - (n - 1):]
+    return ids, corrupt_of(ids, model)
+
+
 def long_pair(model, n: int) -> tuple[list[int], list[int]]:
-    ids = model.encode_ids(LONG)
-    if n < 3 or n > len(ids):
-        raise ValueError(f"--long-tokens must be 3..{len(ids)}, got {n}")
-    clean = ids[:1] + ids[len(ids) - (n - 1):]
-    return clean, corrupt_of(clean, model)
+    return cut_pair(model, LONG, n, "--long-tokens")
 
 
 def main(argv=None) -> str:
     p = parser(__doc__.splitlines()[0], repeats=3, warmup=1)
     p.add_argument("--long-tokens", type=int, default=40, help="length of the prompt the grid is timed on (default 40)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="cut the compared prompt pair to BOS and its last tokens, this many in all (default: whole)")
     args = p.parse_args(argv)
     setup(args)
     model, label = load_model(args.model)
     header("patching", args, label)
-    clean = model.encode_ids(CLEAN)
-    corrupt = corrupt_of(clean, model)
+    clean, corrupt = cut_pair(model, CLEAN, args.tokens, "--tokens")
     L = model.lvlm.llm.config.num_hidden_layers
     cells = (L + 1) * len(clean)
     print(f"prompt pair: {len(clean)} tokens, {L + 1} sites -> {cells} cells per direction, two directions")

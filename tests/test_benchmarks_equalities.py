@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import re
 import warnings
 
@@ -175,9 +176,8 @@ def test_fast_path_records_the_step_by_step_decisions(model):
 
 
 @pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
-def test_fast_path_records_the_step_by_step_decisions_in_a_story():
-    import seedx_lab
-    m = seedx_lab.load(TRAINED).eval()
+def test_fast_path_records_the_step_by_step_decisions_in_a_story(shipped):
+    m = shipped.eval()                               # conftest: load("seedx-tiny") = TRAINED, once per session
     ids, mask = left_padded(m, STORIES[:1])
     (fast, dec_f), (slow, dec_s) = decisions_both(m, ids, mask, max_new_tokens=150, max_blocks=2)
     assert torch.equal(fast.sequences, slow.sequences) and len(fast.images[0]) >= 1   # opened by the model
@@ -187,9 +187,8 @@ def test_fast_path_records_the_step_by_step_decisions_in_a_story():
 
 
 @pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason="data/seedx-tiny not trained yet")
-def test_fast_path_trained_model_story():
-    import seedx_lab
-    m = seedx_lab.load(TRAINED).eval()
+def test_fast_path_trained_model_story(shipped):
+    m = shipped.eval()                               # conftest: load("seedx-tiny") = TRAINED, once per session
     ids, mask = left_padded(m, STORIES)
     kw = dict(attention_mask=mask, max_new_tokens=200, eos_token_id=m.tokenizer.eos_token_id,
               pad_token_id=m.tokenizer.pad_token_id, max_blocks=3)
@@ -263,8 +262,10 @@ LINE = re.compile(r"^name=(\w+)( \w+=\S+)+$")
     ("processor", ["--repeats", "1", "--warmup", "0"]),
     ("trace_overhead", ["--model", "random", "--repeats", "1", "--warmup", "0", "--max-new-tokens", "70"]),
     ("pipeline", ["--model", "random", "--repeats", "1", "--warmup", "0", "--steps", "2"]),
-    ("lanes", ["--repeats", "1", "--steps", "2"]),
-    ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12"]),
+    # the pools are built before the timed steps: small ones make the run quick and leave the line as it is
+    ("lanes", ["--repeats", "1", "--steps", "2", "--pools", "32,24,16"]),
+    # a 6-token pair (BOS and the trigger phrase): the per-cell grid it is checked against is a forward per cell
+    ("patching", ["--model", "random", "--repeats", "1", "--warmup", "0", "--long-tokens", "12", "--tokens", "6"]),
 ])
 def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, capsys):
     import importlib
@@ -278,3 +279,22 @@ def test_benchmark_runs_and_ends_with_its_result_line(name, argv, tmp_path, caps
     assert out[-1] == line and LINE.match(line) and line.startswith(f"name={name} ")
     if name == "pipeline":
         assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_lanes_pools_take_three_positive_sizes():
+    from benchmarks.lanes import POOLS, _pools
+    assert _pools("32,24,16") == (32, 24, 16) and POOLS == (256, 96, 48)
+    for bad in ("32,24", "32,0,16", "a,b,c"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"--pools takes three positive sizes .*got '{bad}'"):
+            _pools(bad)
+
+
+def test_patching_tokens_cut_the_pair_to_bos_and_the_trigger(model):
+    from benchmarks.patching import CLEAN, cut_pair
+    whole, _ = cut_pair(model, CLEAN, None, "--tokens")
+    clean, corrupt = cut_pair(model, CLEAN, 6, "--tokens")
+    assert whole == model.encode_ids(CLEAN) and clean == whole[:1] + whole[-5:]
+    assert model.decode(clean[1:]) == "it looks like this :"
+    assert corrupt == clean[:-1] + [model.tokenizer.convert_tokens_to_ids(".")]
+    with pytest.raises(ValueError, match=rf"--tokens must be 3\.\.{len(whole)}, got 2"):
+        cut_pair(model, CLEAN, 2, "--tokens")

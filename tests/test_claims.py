@@ -18,8 +18,10 @@ from seedx_lab.lab import claims as C
 
 
 @pytest.fixture(scope="module")
-def model():
-    return seedx_lab.load("seedx-tiny")
+def model(shipped):
+    # conftest: load("seedx-tiny"), once per session; a test here that changes the model puts it back (a finally,
+    # monkeypatch or a removed hook), and the claims seed what they sample
+    return shipped
 
 
 @contextmanager
