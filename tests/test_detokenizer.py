@@ -306,9 +306,11 @@ def test_guidance_runs_two_branches(tiny, feats):
         same = tiny.sample(feats, num_inference_steps=2, guidance_scale=5.0, latents=z, output_type="latent",
                            negative_features=feats)
         assert batches == [4, 4]
-        torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-4)
+        # equal up to rounding: a batch of 4 takes other (threaded) reduction orders than a batch of 2, and
+        # guidance multiplies the rounding-level cond - uncond by 5 (seen up to 2.4e-4 with two threads)
+        torch.testing.assert_close(same, plain, rtol=1e-3, atol=2e-3)
         guided = tiny.sample(feats, num_inference_steps=2, guidance_scale=5.0, latents=z, output_type="latent")
-        assert not torch.allclose(guided, plain, atol=1e-3)
+        assert not torch.allclose(guided, plain, atol=5e-2)             # a real guidance moves latents by ~0.1
     finally:
         h.remove()
 

@@ -177,7 +177,11 @@ def test_an_interrupted_parallel_run_resumes_each_lane_from_its_own_state(tmp_pa
     cfg = _lane_config(tmp_path, "int", unet_steps=30, llm_steps=40, ckpt_every=4, threads=2)
     work = tmp_path / "int"
     script = f"from seedx_lab.training import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
+    # Ctrl-C must reach the run even when pytest itself was started with SIGINT ignored (a background job
+    # of a non-interactive shell): the child starts with the default disposition, so Python turns it into
+    # KeyboardInterrupt as it does in a terminal
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
