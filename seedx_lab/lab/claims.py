@@ -555,7 +555,9 @@ def claim7(model, n: int = 4, seeds: tuple[int, int] = (0, 1), num_inference_ste
         7, "the forced block is deterministic, so image generation cannot be stochastic",
         "no stochastic image generation", "hidden states fixed by the prompt (greedy); variety from the "
         "de-tokenizer noise and sampled text", m, verdict,
-        f"block under {sample_runs} sampled runs: max relative change {rel:.1e}; seeds {seeds[0]} vs {seeds[1]} "
+        f"block under {sample_runs} sampled runs: max relative change "
+        # below 1e-5 the change is float rounding, whose digits vary with threads and kernels
+        f"{'below 1e-5 (rounding)' if rel < 1e-5 else f'{rel:.1e}'}; seeds {seeds[0]} vs {seeds[1]} "
         f"({num_inference_steps} steps) on {n} captions: judge reads differently in {m['judge_reading_differs']}, "
         f"with that pixel change shuffled in {m['judge_floor']} (difference 95% CI {gap[0]:+.2f} to {gap[1]:+.2f}); "
         f"mean pixel difference {pixel:.2f}/255")
