@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch is pinned first so that no CUDA build is pulled in on a CPU machine
 	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[lab,test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import seedx_lab, torch, transformers, diffusers, nbval, jupytext, jupyterlab, hypothesis'
+	$(PY) -c 'import seedx_lab, torch, transformers, diffusers, nbval, jupytext, jupyterlab, hypothesis, xdist'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -34,8 +34,10 @@ ROOT_ARGS := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
+# two pytest-xdist workers, one per core, each file on one worker (conftest.py orders the long files first);
+# one torch thread each, since two workers already fill both cores
 test: $(STAMP) browser
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests notebooks -n 2 --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)

@@ -70,6 +70,55 @@ for name, m in ARMS.items():
           f"x {m.config.llm.hidden_size} wide, {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
 
 # %% [markdown]
+# ## First look: both arms in the token timeline and the BOI explorer
+#
+# Before the table, the two designs side by side in the views of notebooks 05 and 07, which take either model;
+# what they show differs where the designs differ. Both arms continue the same held-out story opening below
+# (greedy). Play with the controls; the sections after this one measure what you see here.
+#
+# * **Token timeline**: every token coloured by kind, and the processor's decision at each step (the slider
+#   picks the step; the line is P(`<img>`) before processing). In Type B3, once `<img>` is written the
+#   processor forces all 64 image tokens and `</img>`: the block is fixed positions, not choices. In Type A
+#   the block's tokens are *codes*: the processor only restricts each step to the codebook, the model picks
+#   which code, and only `</img>` is forced.
+# * **BOI explorer**: P(`<img>` next) after every prompt token, from each LLM's own logits (the line) and
+#   through the logit lens (each layer's residual stream read by the final norm and head). The toggle is the
+#   arm's decoding choice: the blocking mode (0.0 or -inf) for Type B3, greedy or sampled codes for Type A.
+#   Generate continues the prompt; Type B3's picture comes from the diffusion de-tokenizer, Type A's from its
+#   codes through the VQ decoder.
+
+# %%
+from IPython.display import display
+
+from seedx_lab import widgets
+
+story0 = W.story_sample(0, "test").segments[0]
+print(f"story opening: {story0!r}")
+timelines = {name: widgets.token_timeline(m, story0, max_new_tokens=80) for name, m in ARMS.items()}
+for name, tl in timelines.items():
+    print(f"{name}: {tl!r}")
+    if "boi" in tl.new_classes:
+        at = tl.new_classes.index("boi")
+        for k in (at, at + 1, at + C.image_tokens(ARMS[name]) + 1):
+            print(f"   {tl.describe_step(k)}")
+        tl.set(step=at + 1)
+for tl in timelines.values():
+    display(tl)
+
+# %%
+explorers = {name: widgets.boi_explorer(m, story0, max_new_tokens=80, max_images=1, num_inference_steps=10)
+             for name, m in ARMS.items()}
+for name, ex in explorers.items():
+    ex.generate()
+    best = int(np.argmax(ex.p_boi))
+    print(f"{name}: P(<img> next) is highest after {ex.boi.tokens[best]!r} ({ex.p_boi[best]:.3f}); "
+          f"{len(ex.result.images)} picture(s); generated {ex.result.text!r}")
+sampled = explorers["A chameleon-tiny"].set(mode="sampled").generate()
+print(f"A chameleon-tiny, sampled codes (seed 0): {sampled.text!r}, {len(sampled.images)} picture(s)")
+for ex in explorers.values():
+    display(ex)
+
+# %% [markdown]
 # ## A1 · Tokens and LLM forward passes per image
 #
 # The seed: SEED-X spends 64 tokens per image, Chameleon 1024 (Janus's "8192" is a codebook *size*). A
@@ -401,54 +450,6 @@ table = [
 print(f"{'':3} {'measure':38} {'B3 seedx-tiny':38} {'A chameleon-tiny':38} verdict")
 for row in table:
     print(f"{row[0]:3} {row[1]:38} {row[2]:38} {row[3]:38} {row[4]}")
-
-# %% [markdown]
-# ## The widgets on both arms: token timeline and BOI explorer
-#
-# The views of notebooks 05 and 07 take either model; what they show differs where the designs differ. Both
-# arms continue the same held-out story opening below (greedy).
-#
-# * **Token timeline**: every token coloured by kind, and the processor's decision at each step (the slider
-#   picks the step; the line is P(`<img>`) before processing). In Type B3, once `<img>` is written the
-#   processor forces all 64 image tokens and `</img>`: the block is fixed positions, not choices. In Type A
-#   the block's tokens are *codes*: the processor only restricts each step to the codebook, the model picks
-#   which code, and only `</img>` is forced.
-# * **BOI explorer**: P(`<img>` next) after every prompt token, from each LLM's own logits (the line) and
-#   through the logit lens (each layer's residual stream read by the final norm and head). The toggle is the
-#   arm's decoding choice: the blocking mode (0.0 or -inf) for Type B3, greedy or sampled codes for Type A.
-#   Generate continues the prompt; Type B3's picture comes from the diffusion de-tokenizer, Type A's from its
-#   codes through the VQ decoder.
-
-# %%
-from IPython.display import display
-
-from seedx_lab import widgets
-
-story0 = W.story_sample(0, "test").segments[0]
-print(f"story opening: {story0!r}")
-timelines = {name: widgets.token_timeline(m, story0, max_new_tokens=80) for name, m in ARMS.items()}
-for name, tl in timelines.items():
-    print(f"{name}: {tl!r}")
-    if "boi" in tl.new_classes:
-        at = tl.new_classes.index("boi")
-        for k in (at, at + 1, at + C.image_tokens(ARMS[name]) + 1):
-            print(f"   {tl.describe_step(k)}")
-        tl.set(step=at + 1)
-for tl in timelines.values():
-    display(tl)
-
-# %%
-explorers = {name: widgets.boi_explorer(m, story0, max_new_tokens=80, max_images=1, num_inference_steps=10)
-             for name, m in ARMS.items()}
-for name, ex in explorers.items():
-    ex.generate()
-    best = int(np.argmax(ex.p_boi))
-    print(f"{name}: P(<img> next) is highest after {ex.boi.tokens[best]!r} ({ex.p_boi[best]:.3f}); "
-          f"{len(ex.result.images)} picture(s); generated {ex.result.text!r}")
-sampled = explorers["A chameleon-tiny"].set(mode="sampled").generate()
-print(f"A chameleon-tiny, sampled codes (seed 0): {sampled.text!r}, {len(sampled.images)} picture(s)")
-for ex in explorers.values():
-    display(ex)
 
 # %% [markdown]
 # ## Exercises

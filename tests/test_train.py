@@ -1,5 +1,6 @@
 """Training helpers of seedx-tiny: data encoding, batching, the stage-a targets, and a micro run."""
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -148,13 +149,21 @@ def _cmdline(proc_dir) -> bytes:
         return b""
 
 
+def _ppid(proc_dir) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):          # gone meanwhile
+        return None
+
+
 def test_a_failing_lane_stops_the_run_and_names_its_state(tmp_path):
     cfg = _lane_config(tmp_path, "bad")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "state-llm.pt").write_bytes(b"not a state")
     with pytest.raises(ValueError, match=r"training lane 'llm': cannot resume from .*state-llm\.pt.*--fresh"):
         Trainer(cfg, progress=False).run()
-    lanes = [p for p in Path("/proc").glob("[0-9]*") if b"_lane_main" in _cmdline(p)]
+    # lanes of this process only (another test may run lanes at the same time, e.g. under xdist)
+    lanes = [p for p in Path("/proc").glob("[0-9]*") if _ppid(p) == os.getpid() and b"_lane_main" in _cmdline(p)]
     assert lanes == []                                # the other lane was stopped, not left running
     assert not (tmp_path / "bad" / "m").exists()
     # a one-process run refuses to resume over a lane's state instead of silently dropping it (the detok lane
@@ -223,11 +232,7 @@ def test_lanes_end_when_their_parent_is_killed_outright(tmp_path):
     def lanes():
         out = []
         for p in Path("/proc").glob("[0-9]*"):
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == proc.pid and b"_lane_main" in _cmdline(p):
+            if _ppid(p) == proc.pid and b"_lane_main" in _cmdline(p):
                 out.append(p)
         return out
 
