@@ -33,7 +33,7 @@
 # Each section measures one row of the seed's table (the rows A1–A9 of `CLAIMS.md`; A10 asks A7's question of Type B3), prints the numbers with
 # their n (and a 95 % Wilson interval for a rate), and computes a verdict from them by a rule written in the
 # cell. The sample sizes are small so that the notebook runs in about a minute on a CPU; the larger-n
-# numbers (`seedx-lab eval -n 20` on both arms, `benchmarks/typea_vs_typeb3.py`) are in `docs/experiments.md`.
+# numbers (`seedx-lab eval -n 50` on both arms, `benchmarks/typea_vs_typeb3.py`) are in `docs/experiments.md`.
 # What to look for in each row: does the difference the seed claims show up at all at this scale, and is it
 # larger than the interval?
 
@@ -467,8 +467,8 @@ for row in table:
 # A rate measured on n items has a Wilson interval whose width shrinks roughly as 1/sqrt(n): going from the
 # notebook's n = 8 to 50 makes each interval about sqrt(50/8) ≈ 2.5 times narrower. Rows whose two intervals
 # overlap here (no difference at this n) are the ones that can change verdict; a row whose verdict is already
-# "holds" or "fails" with separated intervals should keep it. `docs/experiments.md` (section Type A) holds a
-# run at n = 20 of both arms with the machine and command; compare your n = 50 lines with it.
+# "holds" or "fails" with separated intervals should keep it. `docs/experiments.md` (section Type A) holds runs
+# at n = 20 and n = 50 of both arms with the machine and command; compare your lines with them.
 # </details>
 #
 # <details><summary>Answer 2</summary>
