@@ -7,6 +7,10 @@ for good (monkeypatch and removed hooks are fine). A file that needs another mod
 ``model`` fixture, which overrides this one.
 
 ``shipped``: the shipped checkpoint ``load("seedx-tiny")``, loaded once per session.
+
+Every test leaves torch's thread count as it found it: a ``Trainer`` with ``threads=2`` sets it for its whole
+process, and under ``make test`` (one thread per worker, two workers on two cores) the tests after it would
+otherwise run two threads against the other worker.
 """
 import pytest
 import torch
@@ -32,3 +36,10 @@ def shipped():
     from seedx_lab import load
 
     return load("seedx-tiny")
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

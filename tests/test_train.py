@@ -183,7 +183,7 @@ def test_an_interrupted_parallel_run_resumes_each_lane_from_its_own_state(tmp_pa
     import time
     from dataclasses import asdict
     from seedx_lab.loading import load
-    cfg = _lane_config(tmp_path, "int", unet_steps=30, llm_steps=40, ckpt_every=4, threads=2)
+    cfg = _lane_config(tmp_path, "int", unet_steps=30, llm_steps=40, ckpt_every=4)
     work = tmp_path / "int"
     script = f"from seedx_lab.training import TrainConfig, train; train(TrainConfig(**{asdict(cfg)!r}), progress=False)"
     # Ctrl-C must reach the run even when pytest itself was started with SIGINT ignored (a background job
