@@ -120,9 +120,10 @@ class TrainConfig:
 
     @classmethod
     def quick_run(cls, **kw) -> "TrainConfig":
-        """A few minutes on a CPU: same code path, far fewer steps (losses fall, quality is low)."""
-        base = dict(vit_steps=40, vit_batch=16, vit_pool=0, vae_steps=30, vae_batch=16, cache_size=128, comprehension_pool=32,
-                    story_pool=32, unet_steps=60, unet_batch=16, llm_steps=90, llm_batch=8, comprehension_batch=4,
+        """The same code path with far fewer steps and smaller pools: meant to show every loss falling
+        (notebook 08 checks it), not to draw well."""
+        base = dict(vit_steps=24, vit_batch=16, vit_pool=0, vae_steps=16, vae_batch=16, cache_size=64, comprehension_pool=24,
+                    story_pool=24, unet_steps=30, unet_batch=16, llm_steps=60, llm_batch=8, comprehension_batch=4,
                     ckpt_every=50, quick=True,
                     out="runs/seedx-quick/model", work="runs/seedx-quick")
         base.update(kw)
