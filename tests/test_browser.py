@@ -1,7 +1,7 @@
-"""Open the tour notebook in a real browser (Debian's Chromium driven by Playwright), run every cell,
-and check that a widget and an image output rendered; then, for every notebook that holds a widget, run it
-up to the widget, change one control and check that the widget's view changes. Screenshots are saved
-under artifacts/."""
+"""Open the tour notebook in a real browser (Debian's Chromium driven by Playwright), run every cell, check
+that a widget and an image output rendered, and that the widget's view changes when one of its controls
+does; then, for every other notebook that holds a widget, run it up to the widget and do the same control
+check. Screenshots are saved under artifacts/."""
 import json
 import os
 import re
@@ -65,6 +65,58 @@ def _run_all(page, tries: int = 3) -> None:
             page.keyboard.press("Escape")
 
 
+def _open(page, url: str) -> None:
+    """Load a notebook page and wait until its kernel is idle (Run All sent earlier may be lost)."""
+    page.goto(url, timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=90_000)
+
+
+def _settled_view(page, timeout: float = 120) -> str:
+    """The widgets' view once it has stopped changing (three equal readings 0.4 s apart)."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        seen.append(page.evaluate(_VIEW_JS))
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
+            break
+        time.sleep(0.4)
+    return seen[-1]
+
+
+def _change_a_control(page, out) -> str:
+    """Change one control of the widget shown in output area ``out`` (a drop-down, else a slider, else a
+    button), wait until the widgets' view differs from before, and name the control."""
+    before = _settled_view(page)
+    out.scroll_into_view_if_needed()
+    if out.locator(".widget-dropdown select").count():
+        select = out.locator(".widget-dropdown select").first
+        n, current = select.evaluate("s => [s.options.length, s.selectedIndex]")
+        select.select_option(index=(current + 1) % n)
+        control = "drop-down"
+    elif out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").count():
+        handle = out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").first
+        handle.click()
+        handle.press("ArrowRight")
+        control = "slider"
+    else:
+        out.locator(".widget-button").last.click()
+        control = "button"
+    page.wait_for_function(f"(() => ({_VIEW_JS})() !== {json.dumps(before)})()", timeout=240_000)
+    return control
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module; each test opens its own page."""
+    from playwright.sync_api import sync_playwright
+
+    p = sync_playwright().start()
+    browser = _launch(p)
+    yield browser
+    browser.close()
+    p.stop()
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -95,93 +147,53 @@ def lab(tmp_path_factory):
     stop(proc)
 
 
-def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab):
-    from playwright.sync_api import sync_playwright
-
+def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab, chromium):
     url, token = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                                          "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(f"{url}/lab/tree/00_tour.ipynb?token={token}", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
-            time.sleep(3)                                            # let the kernel settle
-            # clear the saved outputs first, so what we find below was produced in this browser run
-            page.click("text=Edit")
-            page.click("text=Clear Outputs of All Cells")
-            assert page.locator(".jp-OutputArea-output img").count() == 0
-            _run_all(page)
-            # a live widget (the tiling viewer's drop-down) and image outputs must appear
-            page.wait_for_selector(".jp-OutputArea-output .widget-dropdown select, .jp-OutputArea-output .jupyter-widgets",
-                                   timeout=240_000)
-            page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output img').length >= 3", timeout=240_000)
-            # wait until the last code cell has run (its execution count is filled in)
-            page.wait_for_function(
-                "(() => { const p = document.querySelectorAll('.jp-CodeCell .jp-InputPrompt');"
-                " return p.length && /\\[\\d+\\]/.test(p[p.length - 1].textContent); })()", timeout=300_000)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
-            assert not any("Traceback" in e or "Error" in e for e in errors), errors
-            n_img = page.locator(".jp-OutputArea-output img").count()
-            n_widget = page.locator(".jp-OutputArea-output .jupyter-widgets").count()
-        finally:
-            page.screenshot(path=str(ARTIFACTS / "00_tour.png"), full_page=False)
-            browser.close()
-    assert n_widget >= 1 and n_img >= 3
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        _open(page, f"{url}/lab/tree/00_tour.ipynb?token={token}")
+        # clear the saved outputs first, so what we find below was produced in this browser run
+        page.click("text=Edit")
+        page.click("text=Clear Outputs of All Cells")
+        assert page.locator(".jp-OutputArea-output img").count() == 0
+        _run_all(page)
+        # a live widget (the tiling viewer's drop-down) and image outputs must appear
+        page.wait_for_selector(".jp-OutputArea-output .widget-dropdown select, .jp-OutputArea-output .jupyter-widgets",
+                               timeout=240_000)
+        page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output img').length >= 3", timeout=240_000)
+        # wait until the last code cell has run (its execution count is filled in)
+        page.wait_for_function(
+            "(() => { const p = document.querySelectorAll('.jp-CodeCell .jp-InputPrompt');"
+            " return p.length && /\\[\\d+\\]/.test(p[p.length - 1].textContent); })()", timeout=300_000)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+        assert not any("Traceback" in e or "Error" in e for e in errors), errors
+        n_img = page.locator(".jp-OutputArea-output img").count()
+        n_widget = page.locator(".jp-OutputArea-output .jupyter-widgets").count()
+        control = _change_a_control(page, page.locator(".jp-OutputArea-output:has(.jupyter-widgets)").first)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "00_tour.png"), full_page=False)
+        page.close()
+    assert n_widget >= 1 and n_img >= 3 and control == "drop-down"
 
 
-@pytest.mark.parametrize("nb", WIDGET_NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_widget_answers_a_control_in_chromium(lab, nb):
-    from playwright.sync_api import sync_playwright
-
+@pytest.mark.parametrize("nb", [p for p in WIDGET_NOTEBOOKS if p.name != "00_tour.ipynb"], ids=lambda p: p.stem)
+def test_every_widget_answers_a_control_in_chromium(lab, chromium, nb):
     url, token = lab
-    name = f"widget_{nb.name}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = _launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            # a workspace of its own, reset: JupyterLab would otherwise reopen the earlier tests' notebooks,
-            # and Run All could go to one of them
-            page.goto(f"{url}/lab/workspaces/{nb.stem.replace('_', '-')}/tree/{name}?token={token}&reset",
-                      timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
-            time.sleep(3)
-            _run_all(page)
-            page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets img').length >= 1"
-                                   " || document.querySelectorAll('.jp-OutputArea-output .widget-button').length >= 1",
-                                   timeout=300_000)
-            before, deadline = None, time.time() + 120
-            while time.time() < deadline:                          # the view must be settled before we touch it
-                time.sleep(2)
-                now = page.evaluate(_VIEW_JS)
-                if now == before:
-                    break
-                before = now
-            out = page.locator(".jp-OutputArea-output").last
-            out.scroll_into_view_if_needed()
-            if out.locator(".widget-dropdown select").count():
-                select = out.locator(".widget-dropdown select").first
-                options = select.locator("option").all_inner_texts()
-                current = select.evaluate("s => s.options[s.selectedIndex].text")
-                select.select_option(label=next(o for o in options if o != current))
-                control = "drop-down"
-            elif out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").count():
-                handle = out.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").first
-                handle.click()
-                handle.press("ArrowRight")
-                control = "slider"
-            else:
-                out.locator(".widget-button").last.click()
-                control = "button"
-            page.wait_for_function(f"(() => ({_VIEW_JS})() !== {json.dumps(before)})()", timeout=240_000)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
-            assert not any("Traceback" in e for e in errors), errors
-        finally:
-            page.screenshot(path=str(ARTIFACTS / f"{nb.stem}_widget.png"), full_page=False)
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        # a workspace of its own, reset: JupyterLab would otherwise reopen the earlier tests' notebooks,
+        # and Run All could go to one of them
+        _open(page, f"{url}/lab/workspaces/{nb.stem.replace('_', '-')}/tree/widget_{nb.name}?token={token}&reset")
+        _run_all(page)
+        page.wait_for_function("document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets img').length >= 1"
+                               " || document.querySelectorAll('.jp-OutputArea-output .widget-button').length >= 1",
+                               timeout=300_000)
+        control = _change_a_control(page, page.locator(".jp-OutputArea-output").last)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+        assert not any("Traceback" in e for e in errors), errors
+    finally:
+        page.screenshot(path=str(ARTIFACTS / f"{nb.stem}_widget.png"), full_page=False)
+        page.close()
     assert control in ("drop-down", "slider", "button")
