@@ -37,7 +37,7 @@ lab: $(STAMP)
 # two pytest-xdist workers, one per core, each file on one worker (conftest.py orders the long files first);
 # one torch thread each, since two workers already fill both cores
 test: $(STAMP) browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests notebooks -n 2 --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests notebooks -n 2 --dist loadfile --no-loadscope-reorder --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)
