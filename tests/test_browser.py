@@ -23,13 +23,15 @@ WIDGET_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipy
                           if p.name != "00_tour.ipynb" and _MAKES_WIDGET.search(p.read_text()))
 
 
-def _write_up_to_widget(src: Path, dst: Path) -> None:
-    """A copy of notebook ``src`` cut after its last cell that builds (and shows) a widget, outputs cleared."""
+def _write_cleared(src: Path, dst: Path, up_to_last_widget: bool) -> None:
+    """A copy of notebook ``src`` with its outputs cleared (so what a test finds was produced in the browser),
+    cut after its last cell that builds (and shows) a widget if ``up_to_last_widget``."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
-    end = max(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _MAKES_WIDGET.search(c.source))
-    nb.cells = nb.cells[: end + 1]
+    if up_to_last_widget:
+        end = max(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _MAKES_WIDGET.search(c.source))
+        nb.cells = nb.cells[: end + 1]
     for c in nb.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
@@ -145,9 +147,9 @@ def lab(tmp_path_factory):
     port, token = free_port(), "seedx-browser"
     # work on a copy so the committed notebook (and its outputs) stay untouched
     work = tmp_path_factory.mktemp("nb")
-    shutil.copy(ROOT / "notebooks" / "00_tour.ipynb", work / "00_tour.ipynb")
+    _write_cleared(ROOT / "notebooks" / "00_tour.ipynb", work / "00_tour.ipynb", up_to_last_widget=False)
     for nb in WIDGET_NOTEBOOKS:
-        _write_up_to_widget(nb, work / f"widget_{nb.name}")
+        _write_cleared(nb, work / f"widget_{nb.name}", up_to_last_widget=True)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(work / ".jupyter"))
     venv_bin = Path(os.sys.executable).parent
     proc = subprocess.Popen([str(venv_bin / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
@@ -174,9 +176,6 @@ def test_tour_runs_in_chromium_and_renders_a_widget_and_images(lab, chromium):
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     try:
         _open(page, f"{url}/lab/tree/00_tour.ipynb?token={token}")
-        # clear the saved outputs first, so what we find below was produced in this browser run
-        page.click("text=Edit")
-        page.click("text=Clear Outputs of All Cells")
         assert page.locator(".jp-OutputArea-output img").count() == 0
         _run_all(page)
         # a live widget (the tiling viewer's drop-down) and image outputs must appear
