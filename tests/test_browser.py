@@ -56,6 +56,7 @@ def _launch(p):
 _VIEW_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets'))
     .map(e => e.innerText + Array.from(e.querySelectorAll('img')).map(i => i.src.length + ':' + i.src.slice(-64)).join('|'))
     .join('#')"""
+_KERNEL_IDLE = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
 # the last code cell has run: its execution count is filled in
 _LAST_CELL_RAN = ("(() => { const p = document.querySelectorAll('.jp-CodeCell .jp-InputPrompt');"
                   " return p.length && /\\[\\d+\\]/.test(p[p.length - 1].textContent); })()")
@@ -86,12 +87,14 @@ def _open(page, url: str) -> None:
     """Load a notebook page and wait until its kernel is idle (Run All sent earlier may be lost)."""
     page.goto(url, timeout=90_000)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=90_000)
+    page.wait_for_selector(_KERNEL_IDLE, state="attached", timeout=90_000)
 
 
 def _settled_view(page, timeout: float = 120) -> str:
-    """The widgets' view once it has stopped changing (three equal readings 0.4 s apart)."""
+    """The widgets' view once the kernel is idle (no widget callback still computing) and the view has
+    stopped changing (three equal readings 0.4 s apart), so that a later change is the control's doing."""
     seen, deadline = [], time.time() + timeout
+    page.wait_for_selector(_KERNEL_IDLE, state="attached", timeout=timeout * 1000)
     while time.time() < deadline:
         seen.append(page.evaluate(_VIEW_JS))
         if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
