@@ -8,9 +8,9 @@ for good (monkeypatch and removed hooks are fine). A file that needs another mod
 
 ``shipped``: the shipped checkpoint ``load("seedx-tiny")``, loaded once per session.
 
-Every test leaves torch's thread count as it found it: a ``Trainer`` with ``threads=2`` sets it for its whole
-process, and under ``make test`` (one thread per worker, two workers on two cores) the tests after it would
-otherwise run two threads against the other worker.
+Every test leaves torch's thread count as it found it (the trainers give it back after a run; this holds the
+other tests to it): under ``make test`` (one thread per worker, two workers on two cores) a worker left on two
+threads runs every later test two threads against the other worker, several times slower.
 """
 import pytest
 import torch

@@ -352,3 +352,22 @@ def test_story_steps_draw_text_only_samples_at_the_configured_rate(tmp_path):
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"story_text_only must be in \[0, 1\], got {bad}"):
             TrainConfig(story_text_only=bad)
+
+
+def test_the_threads_of_a_run_hold_for_the_run_only(monkeypatch, tmp_path):
+    """``TrainConfig.threads`` is the thread count while the trainer works; afterwards the calling process (a
+    notebook's kernel, a test worker) has its own count back, also when the run fails."""
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    seen = []
+    monkeypatch.setattr(Trainer, "_run", lambda self: seen.append(torch.get_num_threads()) or tmp_path)
+    tr = Trainer(_lane_config(tmp_path, "t", threads=want, parallel=False), fresh=True, progress=False)
+    assert torch.get_num_threads() == want
+    assert tr.run() == tmp_path and seen == [want] and torch.get_num_threads() == before
+
+    def fail(self):
+        raise RuntimeError("stage failed")
+    monkeypatch.setattr(Trainer, "_run", fail)
+    with pytest.raises(RuntimeError, match="stage failed"):
+        Trainer(_lane_config(tmp_path, "t", threads=want, parallel=False), fresh=True, progress=False).run()
+    assert torch.get_num_threads() == before

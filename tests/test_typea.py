@@ -375,6 +375,16 @@ def _tiny_cfg(tmp_path, **kw):
     return TypeAConfig(**base)
 
 
+def test_type_a_threads_hold_for_the_run_only(monkeypatch, tmp_path):
+    from seedx_lab.training import typea as TA
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    seen = []
+    monkeypatch.setattr(TA.TypeATrainer, "_run", lambda self: seen.append(torch.get_num_threads()) or tmp_path)
+    assert TA.TypeATrainer(_tiny_cfg(tmp_path, threads=want), progress=False).run() == tmp_path
+    assert seen == [want] and torch.get_num_threads() == before
+
+
 def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from seedx_lab.training import typea as TA
 

@@ -137,6 +137,7 @@ class Trainer:
         self.cfg, self.lane, self.remote = cfg, lane, remote
         self.work = Path(cfg.work)
         self.lock = None
+        self._threads_before = torch.get_num_threads()       # cfg.threads holds for the run only (see release)
         if lane is None:                 # before any work: where it goes, the device, and the folder to itself
             V.output_folder("work", cfg.work)
             V.output_folder("out", cfg.out)
@@ -182,7 +183,9 @@ class Trainer:
             raise
 
     def release(self) -> None:
-        """Free the work folder (also done at the end of :meth:`run`, and by the OS when the process ends)."""
+        """Free the work folder and give the calling process its torch thread count back (also done at the end
+        of :meth:`run`; the OS frees the folder when the process ends)."""
+        torch.set_num_threads(self._threads_before)
         if self.lock is not None:
             self.lock.release()
 

@@ -100,6 +100,7 @@ class TypeATrainer:
     def __init__(self, cfg: TypeAConfig, fresh: bool = False, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.device = torch.device(cfg.device)
+        self._threads_before = torch.get_num_threads()       # cfg.threads holds for run() only
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.work = Path(cfg.work)
@@ -283,6 +284,12 @@ class TypeATrainer:
         llm.eval()
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(self._threads_before)     # the calling process goes on (notebook, tests)
+
+    def _run(self) -> Path:
         t0 = time.time()
         self.stage_vq()
         self.stage_llm()
